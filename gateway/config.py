@@ -1,0 +1,422 @@
+"""Typed configuration from TOML: one file, a drop-in directory, environment overrides for secrets.
+
+Every section is a frozen dataclass; the loader walks the dataclasses' type hints, so the schema and
+the code that uses it cannot drift apart. All errors in a file are collected and reported together,
+each with its key path and what is expected::
+
+    gateway.toml: thingsboard.port: expected an integer from 1 to 65535, got "abc"
+    gateway.toml: outbox.max_byts: unknown key (did you mean "max_bytes"?)
+
+Sources, later ones winning key by key:
+1. the main file (``/etc/edge-gateway/gateway.toml`` for the service);
+2. ``<main file's directory>/gateway.d/*.toml`` in name order (drop-ins);
+3. environment variables ``EDGE_GATEWAY__SECTION__KEY=value`` (double underscores separate the
+   path; the value is read as a TOML value when it parses as one, else as a string). Meant for
+   secrets such as ``EDGE_GATEWAY__THINGSBOARD__TOKEN``, so that they need not be in a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Raspberry Pi OS Bookworm ships 3.11
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGE_GATEWAY__"
+DEFAULT_PATH = Path("/etc/edge-gateway/gateway.toml")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` lists them, ``str()`` gives one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+    def one_line(self) -> str:
+        first = self.problems[0]
+        more = len(self.problems) - 1
+        return first if not more else f"{first} (and {more} more: run 'edge-gateway check-config')"
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema. Field metadata: "doc" (shown by check-config --explain), "min"/"max" for numbers,
+# "secret" (never printed), "size" (accepts "256MiB"-style strings), "pattern" for strings.
+
+
+def _f(default: Any, doc: str, **meta: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **meta})
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    name: str = _f("", "device name of this gateway in ThingsBoard; empty: derived from the board serial")
+    state_dir: Path = _f(Path("/var/lib/edge-gateway"), "where the outbox and credentials live")
+    log_level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
+    telemetry_interval_s: float = _f(60.0, "how often the gateway reports its own telemetry", min=1.0)
+    status_file: str = _f("status.json", "status snapshot for 'edge-gateway status' (in state_dir)")
+    control_socket: str = _f("control.sock", "unix socket the CLI asks the running service on (in state_dir)")
+
+
+@dataclass(frozen=True, slots=True)
+class ThingsBoardSection:
+    host: str = _f("127.0.0.1", "ThingsBoard MQTT host")
+    port: int = _f(1883, "ThingsBoard MQTT port (8883 for TLS)", min=1, max=65535)
+    credentials: Literal["access_token", "mqtt_basic", "x509", "provision"] = _f(
+        "provision", "how to authenticate: a token, MQTT basic, an X.509 certificate, or provision on first boot"
+    )
+    token: str = _f("", "access token (credentials = access_token)", secret=True)
+    client_id: str = _f("", "MQTT client id (mqtt_basic)")
+    username: str = _f("", "MQTT user name (mqtt_basic)")
+    password: str = _f("", "MQTT password (mqtt_basic)", secret=True)
+    tls: bool = _f(False, "use TLS (always on for x509)")
+    ca_file: str = _f("", "CA bundle to verify the server; empty: the system's")
+    cert_file: str = _f("", "client certificate (x509)")
+    key_file: str = _f("", "client private key (x509)", secret_path=True)
+    keepalive_s: int = _f(60, "MQTT keepalive", min=5, max=65535)
+    reconnect_min_s: float = _f(1.0, "first reconnect delay", min=0.1)
+    reconnect_max_s: float = _f(60.0, "longest reconnect delay (exponential backoff with jitter)", min=1.0)
+    rejected_retry_s: float = _f(600.0, "retry delay after the server rejected the credentials", min=10.0)
+    session_limits_timeout_s: float = _f(10.0, "how long to wait for the getSessionLimits answer", min=0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningSection:
+    key: str = _f("", "provision device key of the ThingsBoard device profile", secret=True)
+    secret: str = _f("", "provision device secret", secret=True)
+    device_name: str = _f("", "name to provision under; empty: gateway.name or the board serial")
+    credentials_type: Literal["ACCESS_TOKEN", "MQTT_BASIC", "X509_CERTIFICATE", ""] = _f(
+        "", "credentials type to ask for; empty: let the server generate an access token"
+    )
+    retry_s: float = _f(300.0, "retry delay after a refused provisioning request", min=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSection:
+    path: str = _f("outbox.sqlite3", "the queue's SQLite file (relative to gateway.state_dir)")
+    max_bytes: int = _f(256 * 1024 * 1024, "queue bound in bytes, e.g. \"256MiB\"", min=1024 * 1024, size=True)
+    max_age_days: float = _f(30.0, "records older than this are dropped (counted, logged)", min=0.01)
+    commit_interval_ms: int = _f(50, "group commit: longest wait before a batch is written", min=1, max=5000)
+    commit_records: int = _f(20000, "group commit: largest batch", min=1, max=1_000_000)
+    unsynced: Literal["hold", "send_without_ts"] = _f(
+        "hold", "records taken before the clock was synchronised: hold until re-stamped, or send without ts"
+    )
+    hold_max_s: float = _f(3600.0, "longest hold of unsynchronised records before sending them without ts", min=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSection:
+    trust: Literal["auto", "marker", "always"] = _f(
+        "auto", "when the wall clock is trusted: auto (timesyncd marker or kernel), marker only, always"
+    )
+    sync_marker: str = _f("/run/systemd/timesync/synchronized", "file that marks a synchronised clock")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSection:
+    synthetic_devices: int = _f(0, "number of synthetic devices reporting telemetry (demo only)", min=0, max=100_000)
+    interval_s: float = _f(1.0, "seconds between two readings of each synthetic device", min=0.001)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    thingsboard: ThingsBoardSection = field(default_factory=ThingsBoardSection)
+    provisioning: ProvisioningSection = field(default_factory=ProvisioningSection)
+    outbox: OutboxSection = field(default_factory=OutboxSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+    demo: DemoSection = field(default_factory=DemoSection)
+    sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def state_path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.gateway.state_dir / p
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_path(self.outbox.path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (plus drop-ins and environment overrides) and validate it. Raises ConfigError."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    problems: list[str] = []
+    sources: list[str] = []
+    if path is not None:
+        files = [path]
+        dropin = path.parent / "gateway.d"
+        if dropin.is_dir():
+            files += sorted(p for p in dropin.glob("*.toml") if p.is_file())
+        for file in files:
+            try:
+                with file.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except FileNotFoundError:
+                problems.append(f"{file}: file not found")
+                continue
+            except PermissionError:
+                problems.append(f"{file}: permission denied (the service reads it as its own user)")
+                continue
+            except tomllib.TOMLDecodeError as exc:
+                problems.append(f"{file}: not valid TOML: {exc}")
+                continue
+            except OSError as exc:
+                problems.append(f"{file}: cannot read: {exc.strerror}")
+                continue
+            _deep_merge(merged, data, origin=str(file))
+            sources.append(str(file))
+    env_data = _from_env(env, problems)
+    if env_data:
+        _deep_merge(merged, env_data, origin="environment")
+        sources.append("environment")
+    if problems:
+        raise ConfigError(problems)
+    cfg = _build(Config, merged, "", problems, label=str(path) if path else "defaults")
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(cfg, Config)
+    cfg = dataclasses.replace(cfg, sources=tuple(sources))
+    _check_consistency(cfg, problems, str(path) if path else "defaults")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any], origin: str) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value, origin)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _from_env(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            problems.append(f"environment: {name}: empty key path")
+            continue
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append(f"environment: {name}: conflicts with another variable")
+                break
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(text)
+    unit = (m.group(2) or "b").lower()
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(f'"{a}"' for a in typing.get_args(tp))
+    lo, hi = meta.get("min"), meta.get("max")
+    rng = ""
+    if lo is not None and hi is not None:
+        rng = f" from {lo} to {hi}"
+    elif lo is not None:
+        rng = f" of at least {lo}"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return ("a size such as \"256MiB\" or an integer" if meta.get("size") else "an integer") + rng
+    if tp is float:
+        return "a number" + rng
+    if tp is Path:
+        return "a path"
+    if tp is str:
+        return "a string"
+    if origin in (list, tuple):
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _shown(value: Any, meta: Mapping[str, Any]) -> str:
+    if meta.get("secret") and value:
+        return "<secret>"
+    if isinstance(value, str | Path):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _build(cls: type[Any], data: Any, prefix: str, problems: list[str], label: str) -> Any:
+    where = prefix.rstrip(".") or "(top level)"
+    if not isinstance(data, Mapping):
+        problems.append(f"{label}: {where}: expected a table, got {_shown(data, {})}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(fields)})"
+            problems.append(f"{label}: {prefix}{key}: unknown key{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        tp = hints[name]
+        value = data[name]
+        path = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, path + ".", problems, label)
+            continue
+        ok, converted = _convert(tp, value, f.metadata)
+        if not ok:
+            problems.append(
+                f"{label}: {path}: expected {_describe(tp, f.metadata)}, got {_shown(value, f.metadata)}"
+            )
+            continue
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return (value in typing.get_args(tp), value)
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            ok, v = _convert(arg, value, meta)
+            if ok:
+                return True, v
+        return False, None
+    if tp is type(None):
+        return (value is None, None)
+    if tp is bool:
+        return (isinstance(value, bool), value)
+    if tp is int:
+        if isinstance(value, str) and meta.get("size"):
+            try:
+                value = parse_size(value)
+            except ValueError:
+                return False, None
+        if not isinstance(value, int) or isinstance(value, bool):
+            return False, None
+        return (_in_range(value, meta), value)
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False, None
+        return (_in_range(float(value), meta), float(value))
+    if tp is str:
+        if not isinstance(value, str):
+            return False, None
+        pattern = meta.get("pattern")
+        return (pattern is None or re.fullmatch(pattern, value) is not None, value)
+    if tp is Path:
+        return (isinstance(value, str) and value != "", Path(value) if isinstance(value, str) else None)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for item in value:
+            ok, v = _convert(item_tp, item, {})
+            if not ok:
+                return False, None
+            out.append(v)
+        return True, out
+    return False, None
+
+
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
+    lo, hi = meta.get("min"), meta.get("max")
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
+    tb = cfg.thingsboard
+    if tb.credentials == "access_token" and not tb.token:
+        problems.append(
+            f"{label}: thingsboard.token: required when thingsboard.credentials = \"access_token\" "
+            f"(or set {ENV_PREFIX}THINGSBOARD__TOKEN)"
+        )
+    if tb.credentials == "mqtt_basic" and not (tb.client_id or tb.username):
+        problems.append(f"{label}: thingsboard.username: client_id or username required for mqtt_basic")
+    if tb.credentials == "x509" and not (tb.cert_file and tb.key_file):
+        problems.append(f"{label}: thingsboard.cert_file: cert_file and key_file required for x509")
+    if tb.reconnect_max_s < tb.reconnect_min_s:
+        problems.append(f"{label}: thingsboard.reconnect_max_s: must not be below reconnect_min_s")
+
+
+def explain(cls: type[Any] = Config, prefix: str = "") -> list[str]:
+    """One line per key: path, type, default, doc (secrets' defaults are not shown)."""
+    lines: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += explain(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(
+            f"{prefix}{f.name} = {_shown(default, f.metadata)}  # {_describe(tp, f.metadata)}; "
+            f"{f.metadata.get('doc', '')}"
+        )
+    return lines
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as a dict, secrets replaced by "<secret>" (empty ones stay empty)."""
+
+    def walk(obj: Any) -> Any:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.metadata.get("internal"):
+                continue
+            if dataclasses.is_dataclass(v):
+                out[f.name] = walk(v)
+            elif f.metadata.get("secret") and v:
+                out[f.name] = "<secret>"
+            else:
+                out[f.name] = str(v) if isinstance(v, Path) else v
+        return out
+
+    return walk(cfg)  # type: ignore[no-any-return]

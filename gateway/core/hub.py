@@ -1,0 +1,130 @@
+"""The one interface between southbound adapters (LwM2M, serial) and the ThingsBoard side.
+
+Adapters report what their devices do through a :class:`DeviceHub`; every report becomes an outbox
+record, durable before the awaited call returns, so an adapter may acknowledge its device only
+after ``await hub.telemetry(...)`` came back. What comes down from ThingsBoard (RPC, shared
+attribute updates) reaches the adapter that connected the device, through the :class:`Southbound`
+protocol it implements. Adapters never see MQTT; the upstream never sees CoAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.core.records import RecordKind
+
+log = logging.getLogger("gateway.hub")
+
+
+class RpcError(Exception):
+    """An RPC could not be carried out; ``code`` is short and stable, ``str()`` says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def as_reply(self) -> dict[str, Any]:
+        return {"error": str(self), "code": self.code}
+
+
+class Southbound(Protocol):
+    """What an adapter offers its devices' ThingsBoard side."""
+
+    name: str
+
+    async def rpc(self, device: str, method: str, params: Any, timeout: float) -> Any:
+        """Run ``method`` on ``device``; return a JSON-able result or raise :class:`RpcError`."""
+
+    async def attributes_updated(self, device: str, values: Mapping[str, Any], deleted: Sequence[str]) -> None:
+        """Shared attributes of ``device`` changed in ThingsBoard."""
+
+
+class Outbox(Protocol):
+    def append(self, kind: RecordKind, device: str, body: str, ts_ms: int | None = None) -> asyncio.Future[None]:
+        ...
+
+
+@dataclass(slots=True)
+class DeviceEntry:
+    name: str
+    profile: str
+    adapter: Southbound
+
+
+def _dumps(values: Mapping[str, Any]) -> str:
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class DeviceHub:
+    """Devices known to this gateway right now, and the door to the outbox.
+
+    ``connected`` is a dict lookup (O(1)); nothing here scans all devices.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._devices: dict[str, DeviceEntry] = {}
+
+    # -- southbound -> ThingsBoard ------------------------------------------------------------
+
+    async def connect(self, device: str, profile: str, adapter: Southbound) -> None:
+        """``device`` is online and handled by ``adapter``; ThingsBoard creates it if it is new."""
+        self._devices[device] = DeviceEntry(device, profile, adapter)
+        await self._outbox.append(RecordKind.CONNECT, device, _dumps({"type": profile}))
+
+    async def disconnect(self, device: str) -> None:
+        if self._devices.pop(device, None) is not None:
+            await self._outbox.append(RecordKind.DISCONNECT, device, "{}")
+
+    def telemetry_nowait(
+        self, device: str, values: Mapping[str, Any], ts_ms: int | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a telemetry record; the returned future resolves once it is durable.
+
+        Many records share one future (group commit): awaiting each is cheap.
+        Raises ValueError for values that are not JSON (NaN, infinities, objects).
+        """
+        return self._outbox.append(RecordKind.TELEMETRY, device, _dumps(values), ts_ms)
+
+    async def telemetry(self, device: str, values: Mapping[str, Any], ts_ms: int | None = None) -> None:
+        await self.telemetry_nowait(device, values, ts_ms)
+
+    async def attributes(self, device: str, values: Mapping[str, Any]) -> None:
+        await self._outbox.append(RecordKind.ATTRIBUTES, device, _dumps(values))
+
+    async def claim(self, device: str, secret_key: str | None = None, duration_ms: int | None = None) -> None:
+        body: dict[str, Any] = {}
+        if secret_key is not None:
+            body["secretKey"] = secret_key
+        if duration_ms is not None:
+            body["durationMs"] = duration_ms
+        await self._outbox.append(RecordKind.CLAIM, device, _dumps(body))
+
+    # -- the gateway itself -------------------------------------------------------------------
+
+    def self_telemetry_nowait(self, values: Mapping[str, Any], ts_ms: int | None = None) -> asyncio.Future[None]:
+        return self._outbox.append(RecordKind.SELF_TELEMETRY, "", _dumps(values), ts_ms)
+
+    async def self_attributes(self, values: Mapping[str, Any]) -> None:
+        await self._outbox.append(RecordKind.SELF_ATTRIBUTES, "", _dumps(values))
+
+    # -- ThingsBoard -> southbound ------------------------------------------------------------
+
+    def handler_for(self, device: str) -> Southbound | None:
+        entry = self._devices.get(device)
+        return entry.adapter if entry is not None else None
+
+    def is_connected(self, device: str) -> bool:
+        return device in self._devices
+
+    @property
+    def online(self) -> int:
+        return len(self._devices)
+
+    def devices(self) -> list[DeviceEntry]:
+        return list(self._devices.values())
