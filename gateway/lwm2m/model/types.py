@@ -62,3 +62,30 @@ class ObjectModel:
 
     def resource(self, rid: int) -> ResourceModel | None:
         return self.resources.get(rid)
+
+
+def version_key(version: str) -> tuple[int, int]:
+    """The sortable form of an object or enabler version ``"major.minor"``, e.g. ``"1.10"`` -> ``(1, 10)``.
+
+    Raises ``ValueError`` for anything else (``"1"``, ``"1.x"``, ``"v1.1"``).
+    """
+    major, dot, minor = version.strip().partition(".")
+    if not dot or not major.isdigit() or not minor.isdigit() or not major.isascii() or not minor.isascii():
+        raise ValueError(f"not an object version (major.minor): {version!r}")
+    return int(major), int(minor)
+
+
+def object_urn(oid: int, version: str = "1.0") -> str:
+    """The object's URN by the OMA registry's id ranges; version 1.0 carries no version suffix.
+
+    >>> object_urn(3, "1.1"), object_urn(3303), object_urn(10241)
+    ('urn:oma:lwm2m:oma:3:1.1', 'urn:oma:lwm2m:ext:3303', 'urn:oma:lwm2m:x:10241')
+    """
+    if oid < 2048:
+        kind = "oma"
+    elif oid <= 10240:
+        kind = "ext"
+    else:
+        kind = "x"
+    suffix = "" if version_key(version) == (1, 0) else f":{version}"
+    return f"urn:oma:lwm2m:{kind}:{oid}{suffix}"
