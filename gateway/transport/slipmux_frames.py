@@ -25,6 +25,7 @@ first END are line noise (the decoder cannot know where they started) and are on
 
 from __future__ import annotations
 
+import binascii
 import enum
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -57,20 +58,10 @@ IPV6_FIRST: Final = range(0x60, 0x6F + 1)  # version 6, any traffic-class nibble
 FCS16_INIT: Final = 0xFFFF
 #: Running FCS after a frame *and its own FCS* went through :func:`fcs16`: the frame is intact.
 FCS16_GOOD: Final = 0xF0B8
-_FCS16_POLY: Final = 0x8408  # 0x1021 bit-reversed: the CRC is computed LSB first
-
-
-def _fcs16_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        value = byte
-        for _ in range(8):
-            value = (value >> 1) ^ _FCS16_POLY if value & 1 else value >> 1
-        table.append(value)
-    return tuple(table)
-
-
-_FCS16_TABLE: Final = _fcs16_table()
+# The CRC is RFC 1662's reflected polynomial 0x8408 (0x1021 bit-reversed), computed LSB first.
+# Bit-reversal tables let binascii's CRC-CCITT (0x1021, MSB first, in C) compute it.
+_REV8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+_REV16 = list(_REV8)
 
 
 def fcs16(data: bytes, fcs: int = FCS16_INIT) -> int:
@@ -84,10 +75,11 @@ def fcs16(data: bytes, fcs: int = FCS16_INIT) -> int:
     >>> hex(fcs16(b"\\xa9"))
     '0x374c'
     """
-    table = _FCS16_TABLE
-    for byte in data:
-        fcs = (fcs >> 8) ^ table[(fcs ^ byte) & 0xFF]
-    return fcs
+    # The reflected CRC over ``data`` equals the bit-reversed non-reflected CRC (binascii's C
+    # implementation of CRC-CCITT) over bit-reversed bytes: about 7x faster than a Python loop.
+    reg = _REV16[fcs >> 8] | (_REV16[fcs & 0xFF] << 8)
+    reg = binascii.crc_hqx(data.translate(_REV8), reg)
+    return _REV16[reg >> 8] | (_REV16[reg & 0xFF] << 8)
 
 
 def frame_check_sequence(data: bytes) -> int:

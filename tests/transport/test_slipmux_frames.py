@@ -49,7 +49,7 @@ def only(counters: dict[str, int], **expected: int) -> None:
 
 
 def bitwise_fcs16(data: bytes, fcs: int = 0xFFFF) -> int:
-    """RFC 1662's definition, one bit at a time: the reference for the table."""
+    """RFC 1662's definition, one bit at a time: the reference for the fast implementation."""
     for byte in data:
         fcs ^= byte
         for _ in range(8):
