@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway import app
 
     cfg = _load_or_exit(_config_path(args.config))
-    return app.main(cfg)
+    return int(app.main(cfg))
 
 
 def _ask(cfg: config.Config, cmd: str) -> Any:

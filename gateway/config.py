@@ -21,18 +21,13 @@ import dataclasses
 import difflib
 import os
 import re
-import sys
+import tomllib  # Python >= 3.11 (Raspberry Pi OS Bookworm ships 3.11)
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Raspberry Pi OS Bookworm ships 3.11
-    import tomli as tomllib
 
 ENV_PREFIX = "EDGE_GATEWAY__"
 DEFAULT_PATH = Path("/etc/edge-gateway/gateway.toml")
@@ -65,7 +60,7 @@ def _f(default: Any, doc: str, **meta: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class GatewaySection:
     name: str = _f("", "device name of this gateway in ThingsBoard; empty: derived from the board serial")
-    state_dir: Path = _f(Path("/var/lib/edge-gateway"), "where the outbox and credentials live")
+    state_dir: Path = _f(Path("/var/lib/edge-gateway"), "where the outbox and credentials live")  # noqa: RUF009
     log_level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
     telemetry_interval_s: float = _f(60.0, "how often the gateway reports its own telemetry", min=1.0)
     status_file: str = _f("status.json", "status snapshot for 'edge-gateway status' (in state_dir)")
@@ -283,7 +278,7 @@ def _shown(value: Any, meta: Mapping[str, Any]) -> str:
     return repr(value)
 
 
-def _build(cls: type[Any], data: Any, prefix: str, problems: list[str], label: str) -> Any:
+def _build(cls: Any, data: Any, prefix: str, problems: list[str], label: str) -> Any:
     where = prefix.rstrip(".") or "(top level)"
     if not isinstance(data, Mapping):
         problems.append(f"{label}: {where}: expected a table, got {_shown(data, {})}")
@@ -383,7 +378,7 @@ def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
         problems.append(f"{label}: thingsboard.reconnect_max_s: must not be below reconnect_min_s")
 
 
-def explain(cls: type[Any] = Config, prefix: str = "") -> list[str]:
+def explain(cls: Any = Config, prefix: str = "") -> list[str]:
     """One line per key: path, type, default, doc (secrets' defaults are not shown)."""
     lines: list[str] = []
     hints = typing.get_type_hints(cls)
@@ -394,7 +389,8 @@ def explain(cls: type[Any] = Config, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += explain(tp, f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         lines.append(
             f"{prefix}{f.name} = {_shown(default, f.metadata)}  # {_describe(tp, f.metadata)}; "
             f"{f.metadata.get('doc', '')}"

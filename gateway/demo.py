@@ -7,6 +7,7 @@ number, so that whoever watches upstream can check that nothing is lost or reord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -38,10 +39,8 @@ class SyntheticDevices:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def reading(self, name: str, seq: int, now: float) -> dict[str, Any]:

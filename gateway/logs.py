@@ -50,7 +50,7 @@ def _journal_handler() -> logging.Handler | None:
     if not os.environ.get("JOURNAL_STREAM") and not os.environ.get("INVOCATION_ID"):
         return None
     try:
-        from systemd import journal
+        from systemd import journal  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
     handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="edge-gateway")
