@@ -1,0 +1,381 @@
+"""Composition root: builds the gateway's parts from the configuration, runs and supervises them.
+
+Start-up order matters to systemd: READY=1 is sent only once the outbox is open and every local
+listener is bound; the uplink may still be connecting (a gateway with a dead 3G link is "ready":
+it serves its devices and queues their data). Shutdown on SIGTERM/SIGINT: stop the producers,
+make everything accepted durable, give in-flight publishes a moment to be acknowledged, close the
+session and the outbox. What is not acknowledged stays queued and is replayed after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__, config, logs, sysinfo
+from gateway.control import ControlServer
+from gateway.core.clock import Clock
+from gateway.core.hub import DeviceHub
+from gateway.demo import SyntheticDevices
+from gateway.notify import Notifier
+from gateway.store.atomic import write_atomic
+from gateway.store.outbox import Outbox, OutboxError, OutboxLimits
+from gateway.upstream.downlink import Downlink
+from gateway.upstream.session import (
+    X509,
+    AccessToken,
+    Credentials,
+    MqttBasic,
+    MqttSession,
+    SessionConfig,
+    SessionState,
+    TlsSettings,
+)
+from gateway.upstream.uplink import Uplink
+
+log = logging.getLogger("gateway.app")
+
+#: How long a clean stop waits for in-flight publishes to be acknowledged.
+DRAIN_TIMEOUT_S = 5.0
+
+
+class StartupError(Exception):
+    """The gateway cannot run at all; the message is the one line systemd and the operator see."""
+
+
+def session_credentials(cfg: config.Config) -> Credentials | None:
+    """The MQTT credentials the configuration names, or None when provisioning must supply them."""
+    tb_cfg = cfg.thingsboard
+    match tb_cfg.credentials:
+        case "access_token":
+            return AccessToken(tb_cfg.token)
+        case "mqtt_basic":
+            return MqttBasic(client_id=tb_cfg.client_id, username=tb_cfg.username, password=tb_cfg.password)
+        case "x509":
+            return X509(cert_file=tb_cfg.cert_file, key_file=tb_cfg.key_file)
+    return None
+
+
+def session_config(cfg: config.Config, credentials: Credentials) -> SessionConfig:
+    t = cfg.thingsboard
+    tls = None
+    if t.tls or isinstance(credentials, X509):
+        tls = TlsSettings(ca_file=t.ca_file or None)
+    return SessionConfig(
+        host=t.host,
+        port=t.port,
+        credentials=credentials,
+        tls=tls,
+        keepalive=t.keepalive_s,
+        reconnect_min=t.reconnect_min_s,
+        reconnect_max=t.reconnect_max_s,
+        rejected_retry=t.rejected_retry_s,
+        limits_timeout=t.session_limits_timeout_s,
+    )
+
+
+class Gateway:
+    def __init__(self, cfg: config.Config, ring: logs.RingBuffer | None = None) -> None:
+        self.cfg = cfg
+        self.ring = ring or logs.RingBuffer()
+        self.notifier = Notifier()
+        self.clock = Clock(
+            sync_marker=Path(cfg.clock.sync_marker) if cfg.clock.sync_marker else None, trust=cfg.clock.trust
+        )
+        self.started_mono = time.monotonic()
+        self.cpu = sysinfo.CpuMeter()
+        self.outbox: Outbox | None = None
+        self.hub: DeviceHub | None = None
+        self.session: MqttSession | None = None
+        self.uplink: Uplink | None = None
+        self.downlink: Downlink | None = None
+        self.control = ControlServer(cfg.state_path(cfg.gateway.control_socket))
+        self.demo: SyntheticDevices | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self._provisioning = "not needed"
+        self._last_status_write = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._prepare_state_dir()
+        limits = OutboxLimits(
+            max_bytes=cfg.outbox.max_bytes,
+            max_age_s=cfg.outbox.max_age_days * 86400,
+            unsynced=cfg.outbox.unsynced,
+            hold_max_s=cfg.outbox.hold_max_s,
+        )
+        try:
+            self.outbox = await Outbox.open(
+                cfg.outbox_path,
+                limits=limits,
+                clock=self.clock,
+                commit_interval=cfg.outbox.commit_interval_ms / 1000,
+                commit_records=cfg.outbox.commit_records,
+            )
+        except OutboxError as exc:
+            raise StartupError(str(exc)) from None
+        self.hub = DeviceHub(self.outbox)
+
+        credentials = session_credentials(cfg)
+        if credentials is None:
+            credentials = self._stored_credentials()
+        if credentials is not None:
+            self._start_upstream(credentials)
+        else:
+            self._provisioning = "not provisioned: no stored credentials and no provisioning client yet"
+            log.warning("gateway: %s; devices are served and their data is queued", self._provisioning)
+
+        self.control.command("status", self._cmd_status)
+        self.control.command("devices", self._cmd_devices)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            raise StartupError(f"cannot open the control socket {self.control.path}: {exc.strerror}") from None
+
+        if cfg.demo.synthetic_devices:
+            self.demo = SyntheticDevices(self.hub, cfg.demo.synthetic_devices, cfg.demo.interval_s)
+            await self.demo.start()
+
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._self_telemetry(), name="self-telemetry"))
+        self.notifier.ready(self.status_line())
+        self.notifier.start_watchdog()
+        log.info("gateway %s ready (state in %s)", __version__, cfg.gateway.state_dir)
+
+    def _prepare_state_dir(self) -> None:
+        state = self.cfg.gateway.state_dir
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StartupError(f"state directory {state}: {exc.strerror}") from None
+        if not os.access(state, os.W_OK | os.X_OK):
+            raise StartupError(f"state directory {state} is not writable by uid {os.getuid()}")
+
+    def _stored_credentials(self) -> Credentials | None:
+        path = self.cfg.state_path("credentials.json")
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("gateway: stored credentials %s unreadable (%s); provisioning again", path, exc)
+            return None
+        kind = data.get("credentialsType")
+        if kind == "ACCESS_TOKEN" and isinstance(data.get("token"), str):
+            return AccessToken(data["token"])
+        if kind == "MQTT_BASIC":
+            return MqttBasic(
+                client_id=str(data.get("clientId", "")),
+                username=str(data.get("userName", "")),
+                password=str(data.get("password", "")),
+            )
+        log.error("gateway: stored credentials %s have an unknown type %r", path, kind)
+        return None
+
+    def _start_upstream(self, credentials: Credentials) -> None:
+        assert self.outbox is not None and self.hub is not None
+        self.session = MqttSession(session_config(self.cfg, credentials))
+        self.uplink = Uplink(self.outbox, self.session)
+        self.downlink = Downlink(self.session, self.hub)
+        self.downlink.register_method("status", self._rpc_status)
+        self.downlink.register_method("getLogs", self._rpc_get_logs)
+        self.session.add_state_listener(self._on_session_state)
+        self.session.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.uplink.run(), name="uplink"))
+        self._tasks.append(loop.create_task(self._report_attributes(), name="client-attributes"))
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("gateway: stopping")
+        if self.demo is not None:
+            await self.demo.stop()
+        await self.control.close()
+        if self.outbox is not None:
+            with contextlib.suppress(OutboxError):
+                await self.outbox.flush()
+        if self.uplink is not None and self.session is not None and self.session.state is SessionState.CONNECTED:
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while self.uplink.stats().in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.downlink is not None:
+            await self.downlink.close()
+        if self.session is not None:
+            await self.session.stop()
+        self._write_status(force=True)
+        if self.outbox is not None:
+            await self.outbox.close()
+        await self.notifier.close()
+        log.info("gateway: stopped")
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _on_session_state(self, state: SessionState) -> None:
+        self.notifier.status(self.status_line())
+        self._write_status()
+
+    def uplink_state(self) -> str:
+        if self.session is None:
+            return "not provisioned"
+        return self.session.state.name.lower().replace("_", " ")
+
+    def status_line(self) -> str:
+        q = self.outbox.stats() if self.outbox is not None else None
+        queued = q.records if q is not None else 0
+        state = self.uplink_state()
+        if state == "connected":
+            return f"connected to {self.cfg.thingsboard.host}, {queued} queued"
+        if state == "credentials rejected":
+            return f"credentials rejected by {self.cfg.thingsboard.host}, {queued} queued"
+        return f"offline ({state}), {queued} queued"
+
+    def status(self) -> dict[str, Any]:
+        q = self.outbox.stats() if self.outbox is not None else None
+        return {
+            "version": __version__,
+            "running": True,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "uplink": self.uplink_state(),
+            "upstream": f"{self.cfg.thingsboard.host}:{self.cfg.thingsboard.port}",
+            "provisioning": self._provisioning,
+            "outbox": asdict(q) if q is not None else {},
+            "uplink_stats": asdict(self.uplink.stats()) if self.uplink is not None else {},
+            "session_stats": asdict(self.session.stats()) if self.session is not None else {},
+            "devices_online": self.hub.online if self.hub is not None else 0,
+            "clock_synced": self.clock.synced(),
+            "last_errors": list(self.ring.errors),
+        }
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status_write < 10.0:
+            return
+        self._last_status_write = now
+        status = self.status()
+        status["written_at_ms"] = int(time.time() * 1000)
+        try:
+            write_atomic(self.cfg.state_path(self.cfg.gateway.status_file), json.dumps(status).encode())
+        except OSError as exc:
+            log.debug("status file not written: %s", exc)
+
+    async def _cmd_status(self, _req: dict[str, Any]) -> Any:
+        return self.status()
+
+    async def _cmd_devices(self, _req: dict[str, Any]) -> Any:
+        assert self.hub is not None
+        return [{"name": d.name, "profile": d.profile, "adapter": d.adapter.name} for d in self.hub.devices()]
+
+    async def _rpc_status(self, _params: Any) -> Any:
+        return self.status()
+
+    async def _rpc_get_logs(self, params: Any) -> Any:
+        n = 100
+        if isinstance(params, dict) and isinstance(params.get("lines"), int):
+            n = max(1, min(500, params["lines"]))
+        elif isinstance(params, int):
+            n = max(1, min(500, params))
+        return {"lines": list(self.ring.lines)[-n:]}
+
+    def self_telemetry(self) -> dict[str, Any]:
+        q = self.outbox.stats() if self.outbox is not None else None
+        values: dict[str, Any] = {
+            "uptimeS": round(time.monotonic() - self.started_mono),
+            "uplinkConnected": self.uplink_state() == "connected",
+            "devicesOnline": self.hub.online if self.hub is not None else 0,
+            "cpuPercent": self.cpu.percent(),
+        }
+        if q is not None:
+            values.update(
+                queueRecords=q.records,
+                queueBytes=q.bytes,
+                queueOldestAgeS=(round(time.time() - q.oldest_ts_ms / 1000) if q.oldest_ts_ms else 0),
+                recordsAcked=q.acked,
+                recordsDropped=sum(q.dropped.values()),
+                recordsRejected=q.rejected,
+            )
+        if self.uplink is not None:
+            u = self.uplink.stats()
+            values.update(recordsSent=u.records_sent, publishes=u.publishes, resends=u.resends)
+        for key, reader in (
+            ("rssBytes", sysinfo.rss_bytes),
+            ("memAvailableBytes", sysinfo.memory_available_bytes),
+            ("socTemperatureC", sysinfo.soc_temperature_c),
+            ("loadAverage", sysinfo.load_average),
+        ):
+            v = reader()
+            if v is not None:
+                values[key] = v
+        return values
+
+    async def _self_telemetry(self) -> None:
+        assert self.hub is not None
+        while True:
+            await asyncio.sleep(self.cfg.gateway.telemetry_interval_s)
+            try:
+                await self.hub.self_telemetry_nowait(self.self_telemetry())
+            except OutboxError as exc:
+                log.warning("gateway telemetry not queued: %s", exc)
+            self.notifier.status(self.status_line())
+            self._write_status()
+
+    async def _report_attributes(self) -> None:
+        """Client attributes of the gateway device, once per start (queued like everything else)."""
+        assert self.hub is not None
+        attrs = {
+            "version": __version__,
+            "addresses": ",".join(sysinfo.addresses()),
+            "boardSerial": sysinfo.board_serial() or "",
+        }
+        with contextlib.suppress(OutboxError):
+            await self.hub.self_attributes(attrs)
+
+
+async def _amain(cfg: config.Config, ring: logs.RingBuffer) -> int:
+    gw = Gateway(cfg, ring)
+    try:
+        await gw.start()
+    except StartupError as exc:
+        log.error("edge-gateway cannot start: %s", exc)
+        gw.notifier.send(f"STATUS=cannot start: {exc}")
+        if gw.outbox is not None:
+            await gw.outbox.close()
+        return 1
+    try:
+        await gw.run_until_stopped()
+    finally:
+        await gw.stop()
+    return 0
+
+
+def main(cfg: config.Config) -> int:
+    ring = logs.setup(cfg.gateway.log_level)
+    return asyncio.run(_amain(cfg, ring))
+
+
+__all__ = ["Gateway", "StartupError", "main"]
