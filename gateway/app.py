@@ -144,7 +144,9 @@ class Gateway:
             raise StartupError(f"cannot open the control socket {self.control.path}: {exc.strerror}") from None
 
         if cfg.demo.synthetic_devices:
-            self.demo = SyntheticDevices(self.hub, cfg.demo.synthetic_devices, cfg.demo.interval_s)
+            self.demo = SyntheticDevices(
+                self.hub, cfg.demo.synthetic_devices, cfg.demo.interval_s, ack_file=cfg.demo.ack_file
+            )
             await self.demo.start()
 
         loop = asyncio.get_running_loop()
@@ -196,11 +198,14 @@ class Gateway:
         self._tasks.append(loop.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(loop.create_task(self._report_attributes(), name="client-attributes"))
 
-    async def run_until_stopped(self) -> None:
+    def handle_signals(self) -> None:
+        """SIGTERM/SIGINT request a clean stop, also while still starting."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+
+    async def run_until_stopped(self) -> None:
         await self._stop.wait()
 
     def request_stop(self) -> None:
@@ -358,6 +363,7 @@ class Gateway:
 
 async def _amain(cfg: config.Config, ring: logs.RingBuffer) -> int:
     gw = Gateway(cfg, ring)
+    gw.handle_signals()
     try:
         await gw.start()
     except StartupError as exc:

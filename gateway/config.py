@@ -84,7 +84,7 @@ class ThingsBoardSection:
     key_file: str = _f("", "client private key (x509)", secret_path=True)
     keepalive_s: int = _f(60, "MQTT keepalive", min=5, max=65535)
     reconnect_min_s: float = _f(1.0, "first reconnect delay", min=0.1)
-    reconnect_max_s: float = _f(60.0, "longest reconnect delay (exponential backoff with jitter)", min=1.0)
+    reconnect_max_s: float = _f(60.0, "longest reconnect delay (exponential backoff with jitter)", min=0.1)
     rejected_retry_s: float = _f(600.0, "retry delay after the server rejected the credentials", min=10.0)
     session_limits_timeout_s: float = _f(10.0, "how long to wait for the getSessionLimits answer", min=0.1)
 
@@ -125,6 +125,7 @@ class ClockSection:
 class DemoSection:
     synthetic_devices: int = _f(0, "number of synthetic devices reporting telemetry (demo only)", min=0, max=100_000)
     interval_s: float = _f(1.0, "seconds between two readings of each synthetic device", min=0.001)
+    ack_file: str = _f("", "append each round's sequence number here once it is durable (tests)")
 
 
 @dataclass(frozen=True, slots=True)

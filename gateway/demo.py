@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import secrets
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -23,11 +25,16 @@ log = logging.getLogger("gateway.demo")
 class SyntheticDevices:
     name = "demo"
 
-    def __init__(self, hub: DeviceHub, count: int, interval_s: float, prefix: str = "demo-sensor-") -> None:
+    def __init__(
+        self, hub: DeviceHub, count: int, interval_s: float, prefix: str = "demo-sensor-", ack_file: str = ""
+    ) -> None:
         self.hub = hub
+        # Where accepted rounds are reported: the crash tests' proof of what was acknowledged.
+        self._ack_fd = os.open(ack_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if ack_file else None
         self.names = [f"{prefix}{i + 1}" for i in range(count)]
         self.interval_s = interval_s
         self.seq = 0
+        self.run_id = secrets.randbits(31)  # tells this process's readings from an earlier run's
         self._task: asyncio.Task[None] | None = None
         self._offsets: dict[str, float] = {}
 
@@ -42,10 +49,14 @@ class SyntheticDevices:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._ack_fd is not None:
+            os.close(self._ack_fd)
+            self._ack_fd = None
 
     def reading(self, name: str, seq: int, now: float) -> dict[str, Any]:
         phase = (zlib.crc32(name.encode()) % 360) / 57.3
         return {
+            "run": self.run_id,
             "seq": seq,
             "temperature": round(21.0 + 3.0 * math.sin(now / 60.0 + phase) + self._offsets.get(name, 0.0), 2),
             "humidity": round(45.0 + 10.0 * math.cos(now / 90.0 + phase), 1),
@@ -65,6 +76,9 @@ class SyntheticDevices:
                     await pending  # one group commit carries the whole round
                 except Exception as exc:  # outbox full/disk full: say so, keep producing
                     log.warning("demo: readings not queued: %s", exc)
+                else:
+                    if self._ack_fd is not None:
+                        os.write(self._ack_fd, b"%d %d\n" % (self.run_id, self.seq))
             next_at += self.interval_s
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
