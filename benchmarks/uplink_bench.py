@@ -157,8 +157,11 @@ def counter_main(args: argparse.Namespace) -> None:
             if not state["first"]:
                 state["first"] = now
             for device, entries in doc.items():
-                for entry in entries:
-                    key = (device, entry["values"]["seq"])
+                for entry in entries if isinstance(entries, list) else [entries]:
+                    values = entry.get("values", entry) if isinstance(entry, dict) else {}
+                    if "seq" not in values:  # a peer's own statistics, not the workload
+                        continue
+                    key = (device, int(values["seq"]))
                     state["records"] += 1
                     if key in seen:
                         state["duplicates"] += 1
@@ -298,7 +301,145 @@ class EdgeGateway(SystemUnderTest):
             super().stop(proc)
 
 
-SYSTEMS: dict[str, type[SystemUnderTest]] = {EdgeGateway.name: EdgeGateway}
+TBGW_VERSION = "3.8.5"
+TBGW_FIXTURES = REPO.parent / "shared" / "fixtures" / "tbgw"
+
+
+class ThingsBoardGateway(SystemUnderTest):
+    """thingsboard-gateway 3.8.5 from PyPI, its MQTT connector fed by a local publisher.
+
+    docs/PEER_BENCH.md's recipe: its own venv (created on first use under --tbgw-venv), the
+    fixture configuration with the same payload budget as edge-gateway (maxPayloadSizeBytes 65536),
+    logging at WARNING, memory storage; a feeder process publishes ``sensor/<device>/data`` to a
+    second local broker at QoS 1. The upstream broker's ACL keeps its own client-side RPC from being
+    echoed back to it; the counter answers getSessionLimits. Measured: the gateway process only.
+    """
+
+    name = "thingsboard-gateway"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.venv = Path(args.tbgw_venv)
+        self.feeder: subprocess.Popen[str] | None = None
+        self.local: Broker | None = None
+
+    def broker_acl(self) -> str | None:
+        return (
+            "topic readwrite #\n"  # anonymous clients: the counter
+            "user gwtoken\n"
+            "topic write #\n"
+            "topic read v1/devices/me/rpc/response/#\n"
+            "topic read v1/devices/me/attributes/#\n"
+            "topic read v1/gateway/#\n"
+        )
+
+    def ensure_installed(self) -> Path:
+        exe = self.venv / "bin" / "thingsboard-gateway"
+        if not exe.exists():
+            print(f"installing thingsboard-gateway {TBGW_VERSION} into {self.venv} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+            subprocess.run(
+                [str(self.venv / "bin" / "pip"), "install", "-q", f"thingsboard-gateway=={TBGW_VERSION}"],
+                check=True,
+            )
+        return exe
+
+    def start(self, broker_port: int, workload: Workload, workdir: Path) -> subprocess.Popen[str]:
+        exe = self.ensure_installed()
+        local_dir = workdir / "local-broker"
+        local_dir.mkdir()
+        self.local = Broker(local_dir, None)
+        conf = workdir / "tbgw-config"
+        conf.mkdir()
+        gw = json.loads((TBGW_FIXTURES / "tb_gateway.json").read_text())
+        gw["thingsboard"].update(host="127.0.0.1", port=broker_port, maxPayloadSizeBytes=65536)
+        gw["thingsboard"]["security"] = {"type": "accessToken", "accessToken": "gwtoken"}
+        (conf / "tb_gateway.json").write_text(json.dumps(gw, indent=2))
+        mq = json.loads((TBGW_FIXTURES / "mqtt.json").read_text())
+        mq["broker"]["port"] = self.local.port
+        for m in mq["mapping"]:
+            m["converter"]["timeseries"] = [
+                {"type": "integer", "key": "seq", "value": "${seq}"},
+                {"type": "double", "key": "temp", "value": "${temp}"},
+                {"type": "integer", "key": "hum", "value": "${hum}"},
+                {"type": "string", "key": "p", "value": "${p}"},
+            ]
+        (conf / "mqtt.json").write_text(json.dumps(mq, indent=2))
+        logs = json.loads((TBGW_FIXTURES / "logs.json").read_text())
+        for logger in logs.get("loggers", {}).values():
+            logger["level"] = "WARNING"
+        if "root" in logs:
+            logs["root"]["level"] = "WARNING"
+        (conf / "logs.json").write_text(json.dumps(logs, indent=2))
+        run_dir = workdir / "tbgw-run"
+        (run_dir / "logs").mkdir(parents=True)
+        env = dict(os.environ, TB_GW_CONFIG_DIR=str(conf) + "/")
+        self.workload = workload
+        return subprocess.Popen(
+            [str(exe)], cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
+            stdout=(run_dir / "stdout.log").open("w"), stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def wait_done(self, proc: subprocess.Popen[str], timeout: float, on_start: Callable[[], None]) -> SutReport:
+        assert self.local is not None
+        time.sleep(self.args.tbgw_warmup)  # it connects both sides and asks getSessionLimits first
+        if proc.poll() is not None:
+            raise RuntimeError(f"thingsboard-gateway exited with {proc.returncode}")
+        report = SutReport()
+        self.feeder = subprocess.Popen(
+            [sys.executable, __file__, "_feed", "--port", str(self.local.port),
+             "--workload", json.dumps(asdict(self.workload))],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.feeder.stdout is not None
+        line = _read_line(self.feeder.stdout, "START ")
+        on_start()
+        report.started_at = float(line.split()[1])
+        report.detail = json.loads(_read_line(self.feeder.stdout, "FED ")[4:])
+        self.feeder.wait(timeout)
+        return report
+
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        super().stop(proc)
+        if self.feeder is not None and self.feeder.poll() is None:
+            self.feeder.kill()
+        if self.local is not None:
+            self.local.stop()
+
+
+def feed_main(args: argparse.Namespace) -> None:
+    """Publish the workload to ``sensor/<device>/data`` (QoS 1) as fast as the broker takes it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    w = Workload(**json.loads(args.workload))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-feeder")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", args.port)
+    client.loop_start()
+    pad = "x" * max(0, w.body_size - 45)
+    devices = [w.device(i) for i in range(w.devices)]
+    n_dev = len(devices)
+    print(f"START {time.time()}", flush=True)
+    start = time.monotonic()
+    info = None
+    for i in range(w.total):
+        seq, d = divmod(i, n_dev)
+        body = f'{{"seq":{seq},"temp":{20 + d % 10}.5,"hum":{40 + seq % 50},"p":"{pad}"}}'
+        info = client.publish(f"sensor/{devices[d]}/data", body, qos=1)
+        if w.mode == "paced" and i % 100 == 99:
+            ahead = start + (i + 1) / w.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    if info is not None:
+        info.wait_for_publish(600)
+    print("FED " + json.dumps({"fed_s": round(time.monotonic() - start, 3)}), flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+SYSTEMS: dict[str, type[SystemUnderTest]] = {EdgeGateway.name: EdgeGateway, ThingsBoardGateway.name: ThingsBoardGateway}
 
 
 def edge_main(args: argparse.Namespace) -> None:
@@ -344,15 +485,22 @@ async def _edge(args: argparse.Namespace) -> None:
         n_dev = len(devices)
         interval = 1000 / w.rate if w.mode == "paced" else 0.0
         start = time.monotonic()
+        # Producers wait for durability, as a device waits for its acknowledgement: at most
+        # `window` records are accepted-but-not-yet-durable at any time (bounded memory).
+        window: list[asyncio.Future[None]] = []
         for i in range(total):
             seq, d = divmod(i, n_dev)
-            append(
+            fut = append(
                 telemetry,
                 devices[d],
                 f'{{"seq":{seq},"temp":{20 + d % 10}.5,"hum":{40 + seq % 50},"p":"{pad}"}}',
                 t0 + i,
             )
             if i % 1000 == 999:
+                if w.mode != "backlog":
+                    window.append(fut)
+                    if len(window) > 20:
+                        await window.pop(0)
                 if interval:
                     ahead = start + (i + 1) / w.rate - time.monotonic()
                     await asyncio.sleep(max(0.0, ahead))
@@ -503,6 +651,14 @@ def main() -> None:
     e.add_argument("--db", required=True)
     e.add_argument("--workload", required=True)
     e.add_argument("--commit-interval", type=float, default=0.05)
+    f = sub.add_parser("_feed")
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--workload", required=True)
+    p.add_argument("--compare", action="store_true",
+                   help="edge-gateway, then thingsboard-gateway, on the same workload (--peer-records: the peer's)")
+    p.add_argument("--peer-records", type=int, default=None, help="records for thingsboard-gateway (it is slow)")
+    p.add_argument("--tbgw-venv", default=str(REPO / ".bench" / "tbgw-venv"))
+    p.add_argument("--tbgw-warmup", type=float, default=8.0, help="seconds thingsboard-gateway gets to connect")
     p.add_argument("--system", choices=sorted(SYSTEMS), default=EdgeGateway.name)
     p.add_argument("--mode", choices=["live", "backlog", "paced"], default="live")
     p.add_argument("--records", type=int, default=300_000, help="records (live, backlog)")
@@ -523,16 +679,27 @@ def main() -> None:
     if args.role == "_edge":
         edge_main(args)
         return
+    if args.role == "_feed":
+        feed_main(args)
+        return
     workload = Workload(args.mode, args.records, args.devices, args.body_size, args.rate, args.seconds)
-    sut = SYSTEMS[args.system](args)  # type: ignore[call-arg]
-    for _ in range(args.repeat):
-        r = run_once(sut, workload, args)
+    runs: list[tuple[SystemUnderTest, Workload]] = []
+    if args.compare:
+        if args.mode == "backlog":
+            raise SystemExit("--compare: the peer has no backlog mode (use live or paced)")
+        peer = Workload(args.mode, args.peer_records or args.records, args.devices, args.body_size, args.rate,
+                        args.seconds)  # fmt: skip
+        runs = [(EdgeGateway(args), workload), (ThingsBoardGateway(args), peer)]
+    else:
+        runs = [(SYSTEMS[args.system](args), workload)]  # type: ignore[call-arg]
+    for (sut, wl), _ in [(r, i) for i in range(args.repeat) for r in runs]:
+        r = run_once(sut, wl, args)
         if args.json:
             print(json.dumps(r))
             continue
         print(
             f"{r['system']} {r['mode']}: {r['records']} records in {r['seconds']} s "
-            f"= {r['records_per_s']:,} records/s delivered ({r['acked_per_s']:,}/s acknowledged); "
+            f"= {r['records_per_s']:,} records/s delivered ({r['acked_per_s'] or '-'}/s acknowledged); "
             f"CPU {r['cpu_ms_per_10k']} ms/10k records ({r['cpu_percent_of_core']} % of a core); "
             f"peak RSS {r['peak_rss_mib']} MiB; lost {r['lost']}, duplicates {r['duplicates']}; "
             f"{r['messages']} messages, {r['records_per_message']} records/message"
