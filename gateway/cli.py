@@ -60,10 +60,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway import app
+    from gateway.app import main as run_gateway  # imported here: the other commands start faster
 
     cfg = _load_or_exit(_config_path(args.config))
-    return int(app.main(cfg))
+    return run_gateway(cfg)
 
 
 def _ask(cfg: config.Config, cmd: str) -> Any:
