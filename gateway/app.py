@@ -103,11 +103,16 @@ class Gateway:
         self._stop = asyncio.Event()
         self._provisioning = "not needed"
         self._last_status_write = 0.0
+        self._own_ring = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.cfg
+        root = logging.getLogger()
+        if self.ring not in root.handlers:  # in-process use (tests): logs.setup() was not called
+            root.addHandler(self.ring)
+            self._own_ring = True
         self._prepare_state_dir()
         limits = OutboxLimits(
             max_bytes=cfg.outbox.max_bytes,
@@ -190,6 +195,7 @@ class Gateway:
         self.session = MqttSession(session_config(self.cfg, credentials))
         self.uplink = Uplink(self.outbox, self.session)
         self.downlink = Downlink(self.session, self.hub)
+        self.hub.attribute_source = self.downlink
         self.downlink.register_method("status", self._rpc_status)
         self.downlink.register_method("getLogs", self._rpc_get_logs)
         self.session.add_state_listener(self._on_session_state)
@@ -238,6 +244,8 @@ class Gateway:
             await self.outbox.close()
         await self.notifier.close()
         log.info("gateway: stopped")
+        if self._own_ring:
+            logging.getLogger().removeHandler(self.ring)
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -44,6 +44,12 @@ class Southbound(Protocol):
         """Shared attributes of ``device`` changed in ThingsBoard."""
 
 
+class AttributeSource(Protocol):
+    async def request_device_attributes(
+        self, device: str, keys: Sequence[str], *, client: bool, timeout: float = 10.0
+    ) -> dict[str, Any]: ...
+
+
 class Outbox(Protocol):
     def append(self, kind: RecordKind, device: str, body: str, ts_ms: int | None = None) -> asyncio.Future[None]:
         ...
@@ -69,6 +75,7 @@ class DeviceHub:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
         self._devices: dict[str, DeviceEntry] = {}
+        self.attribute_source: AttributeSource | None = None  # set while an upstream session exists
 
     # -- southbound -> ThingsBoard ------------------------------------------------------------
 
@@ -104,6 +111,18 @@ class DeviceHub:
         if duration_ms is not None:
             body["durationMs"] = duration_ms
         await self._outbox.append(RecordKind.CLAIM, device, _dumps(body))
+
+    async def request_attributes(
+        self, device: str, keys: Sequence[str], *, shared: bool = True, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Ask ThingsBoard for ``device``'s shared (or client) attributes; keys it lacks are absent.
+
+        Raises RpcError("offline") when there is no upstream session to ask (not provisioned yet),
+        TimeoutError or ConnectionError when ThingsBoard does not answer.
+        """
+        if self.attribute_source is None:
+            raise RpcError("offline", "ThingsBoard is not reachable: the gateway is not provisioned")
+        return await self.attribute_source.request_device_attributes(device, keys, client=not shared, timeout=timeout)
 
     # -- the gateway itself -------------------------------------------------------------------
 

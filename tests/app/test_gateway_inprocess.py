@@ -1,0 +1,109 @@
+"""The composed gateway in this process against the ThingsBoard emulator: both directions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import config
+from gateway.app import Gateway
+from gateway.core.hub import RpcError
+from gateway.sim.tbemu import ThingsBoardEmulator
+from gateway.upstream.session import SessionState
+
+GW = "inproc-gateway"
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Gateway, ThingsBoardEmulator]]:
+    async with ThingsBoardEmulator() as emu:
+        emu.add_device(GW, token="tok", gateway=True)
+        f = tmp_path / "g.toml"
+        f.write_text(f"""
+[gateway]
+state_dir = "{tmp_path / 'state'}"
+telemetry_interval_s = 1
+[thingsboard]
+port = {emu.port}
+credentials = "access_token"
+token = "tok"
+[clock]
+trust = "always"
+[demo]
+synthetic_devices = 2
+interval_s = 0.05
+""")
+        gw = Gateway(config.load(f, env={}))
+        await gw.start()
+        try:
+            assert gw.session is not None
+            await asyncio.wait_for(gw.session.wait_for_state(SessionState.CONNECTED), 10)
+            await emu.wait_for(lambda: len(emu.children(GW)) == 2, timeout=10)
+            yield gw, emu
+        finally:
+            await gw.stop()
+
+
+async def test_rpc_to_child_device_round_trip(running: tuple[Gateway, ThingsBoardEmulator]) -> None:
+    _gw, emu = running
+    reply = await emu.rpc("demo-sensor-1", "setOffset", 2.5, timeout=10)
+    assert reply == {"offset": 2.5}
+    reply = await emu.rpc("demo-sensor-1", "noSuchMethod", None, timeout=10)
+    assert "no method" in reply["error"] and reply["code"] == "unknown_method"
+
+
+async def test_rpc_to_unknown_device_gets_a_prompt_error(running: tuple[Gateway, ThingsBoardEmulator]) -> None:
+    gw, emu = running
+    # A child ThingsBoard routes to this gateway but no adapter owns: answered, not ignored.
+    assert gw.hub is not None
+    await gw.hub.disconnect("demo-sensor-2")
+    reply = await emu.rpc("demo-sensor-2", "getValue", None, timeout=5)
+    assert "error" in reply and "demo-sensor-2" in reply["error"]
+
+
+async def test_shared_attributes_down_and_attribute_request(running: tuple[Gateway, ThingsBoardEmulator]) -> None:
+    gw, emu = running
+    assert gw.hub is not None
+    seen: list[tuple[str, dict[str, Any]]] = []
+    assert gw.demo is not None
+
+    async def updated(device: str, values: Any, deleted: Any) -> None:
+        seen.append((device, dict(values)))
+
+    gw.demo.attributes_updated = updated  # type: ignore[method-assign]
+    await emu.set_shared_attributes("demo-sensor-1", {"interval": 5})
+    await emu.wait_for(lambda: bool(seen), timeout=5)
+    assert seen == [("demo-sensor-1", {"interval": 5})]
+    got = await gw.hub.request_attributes("demo-sensor-1", ["interval", "missing"])
+    assert got == {"interval": 5}
+
+
+async def test_gateway_rpcs_and_own_telemetry(running: tuple[Gateway, ThingsBoardEmulator]) -> None:
+    _gw, emu = running
+    assert await emu.rpc(GW, "ping", None, timeout=5) is not None
+    status = await emu.rpc(GW, "status", None, timeout=5)
+    assert status["uplink"] == "connected" and status["devices_online"] == 2
+    logging.getLogger("gateway.test").warning("marker for getLogs")
+    logs = await emu.rpc(GW, "getLogs", {"lines": 5}, timeout=5)
+    assert 0 < len(logs["lines"]) <= 5 and "marker for getLogs" in logs["lines"][-1]
+    await emu.wait_for(lambda: any("queueRecords" in v for _t, v in emu.device(GW).telemetry), timeout=10)
+    values = next(v for _t, v in emu.device(GW).telemetry if "queueRecords" in v)
+    assert {"uptimeS", "cpuPercent", "recordsSent", "devicesOnline"} <= set(values)
+
+
+async def test_attribute_request_without_upstream_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text(f'[gateway]\nstate_dir = "{tmp_path / "s"}"\n[thingsboard]\ncredentials = "provision"\n')
+    gw = Gateway(config.load(f, env={}))
+    await gw.start()
+    try:
+        assert gw.hub is not None
+        with pytest.raises(RpcError, match="not provisioned"):
+            await gw.hub.request_attributes("x", ["a"])
+    finally:
+        await gw.stop()
