@@ -98,6 +98,7 @@ class ProvisioningSection:
         "", "credentials type to ask for; empty: let the server generate an access token"
     )
     retry_s: float = _f(300.0, "retry delay after a refused provisioning request", min=10.0)
+    timeout_s: float = _f(30.0, "how long to wait for ThingsBoard's answer to a provisioning request", min=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,17 @@ class DemoSection:
 
 
 @dataclass(frozen=True, slots=True)
+class GpioSection:
+    enabled: bool = _f(True, "drive the status LED and read the button (only on a Raspberry Pi; a no-op elsewhere)")
+    led_pin: int = _f(17, "BCM number of the status LED's pin; -1: no LED", min=-1, max=63)
+    led_active_low: bool = _f(False, "the LED lights when its pin is low (wired to 3.3 V)")
+    button_pin: int = _f(27, "BCM number of the button's pin; -1: no button", min=-1, max=63)
+    active_low: bool = _f(True, "the button pulls its pin to ground when pressed (internal pull-up)")
+    debounce_ms: int = _f(50, "the button's level must be stable this long to count", min=1, max=1000)
+    reset_hold_s: float = _f(10.0, "holding the button this long is a factory reset", min=2.0, max=60.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     thingsboard: ThingsBoardSection = field(default_factory=ThingsBoardSection)
@@ -136,6 +148,7 @@ class Config:
     outbox: OutboxSection = field(default_factory=OutboxSection)
     clock: ClockSection = field(default_factory=ClockSection)
     demo: DemoSection = field(default_factory=DemoSection)
+    gpio: GpioSection = field(default_factory=GpioSection)
     sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def state_path(self, name: str) -> Path:
@@ -377,6 +390,11 @@ def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
         problems.append(f"{label}: thingsboard.cert_file: cert_file and key_file required for x509")
     if tb.reconnect_max_s < tb.reconnect_min_s:
         problems.append(f"{label}: thingsboard.reconnect_max_s: must not be below reconnect_min_s")
+    if tb.credentials == "provision" and cfg.provisioning.credentials_type == "X509_CERTIFICATE" and not tb.tls:
+        problems.append(
+            f"{label}: thingsboard.tls: must be true when provisioning.credentials_type = \"X509_CERTIFICATE\" "
+            "(a client certificate needs ThingsBoard's TLS port, usually 8883)"
+        )
 
 
 def explain(cls: Any = Config, prefix: str = "") -> list[str]:

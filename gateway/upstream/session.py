@@ -171,6 +171,10 @@ class SessionConfig:
     rejected_retry: float = 600.0  # x [0.5, 1.5] after CONNACK 4/5
     ask_session_limits: bool = True
     limits_timeout: float = 10.0
+    #: Topics subscribed after CONNACK; None: ThingsBoard's downlink topics. The provisioning
+    #: connection passes ("/provision/response",) (with ask_session_limits False). Empty: no
+    #: SUBSCRIBE, CONNECTED at CONNACK.
+    subscriptions: tuple[str, ...] | None = None
     misc_interval: float = 1.0
 
 
@@ -649,8 +653,13 @@ class MqttSession:
         self._rejection_logged = False
         # CONNECTED once the downlink subscriptions are acknowledged: ready both ways. The CONNACK
         # deadline keeps running until then.
-        _rc, mid = client.subscribe([(topic, 1) for topic in tb.DOWNLINK_SUBSCRIPTIONS])
-        self._subscribe_mid = -1 if mid is None else mid
+        topics = self._subscriptions()
+        if topics:
+            _rc, mid = client.subscribe([(topic, 1) for topic in topics])
+            self._subscribe_mid = -1 if mid is None else mid
+        else:
+            self._subscribe_mid = -1
+            self._loop.call_soon(self._subscribed, client, [])
         if self._config.ask_session_limits:
             self._limits = PROVISIONAL_LIMITS
             request_id = self.next_request_id()
@@ -674,11 +683,20 @@ class MqttSession:
     ) -> None:
         if client is not self._client or mid != self._subscribe_mid:
             return
+        self._subscribed(client, reasons)
+
+    def _subscriptions(self) -> tuple[str, ...]:
+        topics = self._config.subscriptions
+        return tb.DOWNLINK_SUBSCRIPTIONS if topics is None else topics
+
+    def _subscribed(self, client: mqtt.Client, reasons: list[ReasonCode]) -> None:
+        if client is not self._client:
+            return
         assert self._loop is not None
         if self._connack_handle is not None:
             self._connack_handle.cancel()
             self._connack_handle = None
-        refused = [t for t, r in zip(tb.DOWNLINK_SUBSCRIPTIONS, reasons, strict=False) if r.is_failure]
+        refused = [t for t, r in zip(self._subscriptions(), reasons, strict=False) if r.is_failure]
         if refused:
             log.warning("ThingsBoard refused the subscriptions %s: that downlink will not arrive", refused)
         self._stats.connects += 1
