@@ -25,10 +25,21 @@ from gateway.control import ControlServer
 from gateway.core.clock import Clock
 from gateway.core.hub import DeviceHub
 from gateway.demo import SyntheticDevices
+from gateway.hw.backend import open_backend
+from gateway.hw.button import Button
+from gateway.hw.led import StatusLed, pattern_for
 from gateway.notify import Notifier
+from gateway.store import credentials as cred_store
 from gateway.store.atomic import write_atomic
 from gateway.store.outbox import Outbox, OutboxError, OutboxLimits
 from gateway.upstream.downlink import Downlink
+from gateway.upstream.provisioning import (
+    Phase,
+    Provisioner,
+    ProvisioningNotConfigured,
+    ProvisionSettings,
+    resolve_device_name,
+)
 from gateway.upstream.session import (
     X509,
     AccessToken,
@@ -104,6 +115,20 @@ class Gateway:
         self._provisioning = "not needed"
         self._last_status_write = 0.0
         self._own_ring = False
+        self.gpio = open_backend(cfg.gpio.enabled)
+        self.led = StatusLed(self.gpio, cfg.gpio.led_pin, active_low=cfg.gpio.led_active_low)
+        self.button = Button(
+            self.gpio,
+            cfg.gpio.button_pin,
+            active_low=cfg.gpio.active_low,
+            debounce_s=cfg.gpio.debounce_ms / 1000,
+            hold_s=cfg.gpio.reset_hold_s,
+            on_short=self._on_button_short,
+            on_long=self._on_button_long,
+        )
+        self.provisioner: Provisioner | None = None
+        self._provisioning_task: asyncio.Task[None] | None = None
+        self._upstream_tasks: list[asyncio.Task[Any]] = []
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -113,6 +138,8 @@ class Gateway:
         if self.ring not in root.handlers:  # in-process use (tests): logs.setup() was not called
             root.addHandler(self.ring)
             self._own_ring = True
+        self.led.start()
+        self.button.start()
         self._prepare_state_dir()
         limits = OutboxLimits(
             max_bytes=cfg.outbox.max_bytes,
@@ -134,15 +161,18 @@ class Gateway:
 
         credentials = session_credentials(cfg)
         if credentials is None:
-            credentials = self._stored_credentials()
+            stored = cred_store.load(cfg.gateway.state_dir)
+            credentials = stored.credentials if stored is not None else None
+            if stored is not None:
+                self._provisioning = f"provisioned as {stored.device_name}"
         if credentials is not None:
             self._start_upstream(credentials)
         else:
-            self._provisioning = "not provisioned: no stored credentials and no provisioning client yet"
-            log.warning("gateway: %s; devices are served and their data is queued", self._provisioning)
+            self._start_provisioning()
 
         self.control.command("status", self._cmd_status)
         self.control.command("devices", self._cmd_devices)
+        self.control.command("provision", self._cmd_provision)
         try:
             await self.control.start()
         except OSError as exc:
@@ -169,27 +199,6 @@ class Gateway:
         if not os.access(state, os.W_OK | os.X_OK):
             raise StartupError(f"state directory {state} is not writable by uid {os.getuid()}")
 
-    def _stored_credentials(self) -> Credentials | None:
-        path = self.cfg.state_path("credentials.json")
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.error("gateway: stored credentials %s unreadable (%s); provisioning again", path, exc)
-            return None
-        kind = data.get("credentialsType")
-        if kind == "ACCESS_TOKEN" and isinstance(data.get("token"), str):
-            return AccessToken(data["token"])
-        if kind == "MQTT_BASIC":
-            return MqttBasic(
-                client_id=str(data.get("clientId", "")),
-                username=str(data.get("userName", "")),
-                password=str(data.get("password", "")),
-            )
-        log.error("gateway: stored credentials %s have an unknown type %r", path, kind)
-        return None
-
     def _start_upstream(self, credentials: Credentials) -> None:
         assert self.outbox is not None and self.hub is not None
         self.session = MqttSession(session_config(self.cfg, credentials))
@@ -198,11 +207,96 @@ class Gateway:
         self.hub.attribute_source = self.downlink
         self.downlink.register_method("status", self._rpc_status)
         self.downlink.register_method("getLogs", self._rpc_get_logs)
+        self.downlink.register_method("reprovision", self._rpc_reprovision)
+        self.downlink.register_method("restart", self._rpc_restart)
         self.session.add_state_listener(self._on_session_state)
         self.session.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.uplink.run(), name="uplink"))
-        self._tasks.append(loop.create_task(self._report_attributes(), name="client-attributes"))
+        self._upstream_tasks = [
+            loop.create_task(self.uplink.run(), name="uplink"),
+            loop.create_task(self._report_attributes(), name="client-attributes"),
+        ]
+        self._update_led()
+
+    async def _stop_upstream(self) -> None:
+        for task in self._upstream_tasks:
+            task.cancel()
+        for task in self._upstream_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._upstream_tasks = []
+        if self.downlink is not None:
+            await self.downlink.close()
+        if self.session is not None:
+            await self.session.stop()
+        if self.hub is not None:
+            self.hub.attribute_source = None
+        self.session = self.uplink = self.downlink = None
+
+    # -- provisioning -------------------------------------------------------------------------
+
+    def _start_provisioning(self) -> None:
+        self.provisioner = Provisioner(ProvisionSettings.from_config(self.cfg), resolve_device_name(self.cfg))
+        self.provisioner.add_listener(self._on_provisioning)
+        self._provisioning = self.provisioner.status
+        self._update_led()
+        self._provisioning_task = asyncio.get_running_loop().create_task(self._provision(), name="provisioning")
+
+    async def _provision(self) -> None:
+        assert self.provisioner is not None
+        try:
+            creds = await self.provisioner.run()
+        except ProvisioningNotConfigured as exc:
+            # Status and LED say so; devices are still served and their data queued.
+            log.warning("gateway: not provisioned: %s", exc)
+            return
+        self._provisioning = f"provisioned as {creds.device_name}"
+        self._start_upstream(creds.credentials)
+
+    def _on_provisioning(self, _phase: Phase, status: str) -> None:
+        self._provisioning = status
+        self._update_led()
+        self.notifier.status(self.status_line())
+        self._write_status(force=True)
+
+    async def reprovision(self) -> str:
+        """Forget the stored credentials and provision again (button, CLI, RPC); queued data stays."""
+        if session_credentials(self.cfg) is not None:
+            raise RuntimeError("credentials come from the configuration file: edit it instead of re-provisioning")
+        if self._provisioning_task is not None:
+            self._provisioning_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._provisioning_task
+        await self._stop_upstream()
+        await asyncio.to_thread(cred_store.forget, self.cfg.gateway.state_dir)
+        log.warning("gateway: credentials forgotten, provisioning again")
+        self._start_provisioning()
+        return self._provisioning
+
+    # -- GPIO ---------------------------------------------------------------------------------
+
+    def _update_led(self) -> None:
+        self.led.set(
+            pattern_for(
+                provisioning=self.provisioner.phase if self.provisioner is not None and self.session is None else None,
+                uplink=self.session.state if self.session is not None else None,
+            )
+        )
+
+    def _on_button_short(self) -> None:
+        log.info("button: %s", self.status_line())
+        if self.session is not None:
+            self.session.reconnect_now()
+
+    def _on_button_long(self) -> None:
+        log.warning("button: held, factory reset (credentials forgotten, queued data kept)")
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reprovision_quietly(), name="factory-reset"))
+
+    async def _reprovision_quietly(self) -> None:
+        try:
+            await self.reprovision()
+        except RuntimeError as exc:
+            log.warning("factory reset refused: %s", exc)
 
     def handle_signals(self) -> None:
         """SIGTERM/SIGINT request a clean stop, also while still starting."""
@@ -230,16 +324,17 @@ class Gateway:
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
             while self.uplink.stats().in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        for task in self._tasks:
+        if self._provisioning_task is not None:
+            self._provisioning_task.cancel()
+        for task in [*self._tasks, *([self._provisioning_task] if self._provisioning_task else [])]:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.downlink is not None:
-            await self.downlink.close()
-        if self.session is not None:
-            await self.session.stop()
         self._write_status(force=True)
+        await self._stop_upstream()
+        await self.led.close()
+        self.button.close()
+        self.gpio.close()
         if self.outbox is not None:
             await self.outbox.close()
         await self.notifier.close()
@@ -250,6 +345,7 @@ class Gateway:
     # -- reporting ----------------------------------------------------------------------------
 
     def _on_session_state(self, state: SessionState) -> None:
+        self._update_led()
         self.notifier.status(self.status_line())
         self._write_status()
 
@@ -261,6 +357,8 @@ class Gateway:
     def status_line(self) -> str:
         q = self.outbox.stats() if self.outbox is not None else None
         queued = q.records if q is not None else 0
+        if self.session is None:
+            return f"{self._provisioning}, {queued} queued"
         state = self.uplink_state()
         if state == "connected":
             return f"connected to {self.cfg.thingsboard.host}, {queued} queued"
@@ -303,6 +401,25 @@ class Gateway:
     async def _cmd_devices(self, _req: dict[str, Any]) -> Any:
         assert self.hub is not None
         return [{"name": d.name, "profile": d.profile, "adapter": d.adapter.name} for d in self.hub.devices()]
+
+    async def _cmd_provision(self, req: dict[str, Any]) -> Any:
+        if not req.get("force"):
+            return {"provisioning": self._provisioning, "uplink": self.uplink_state()}
+        try:
+            return {"provisioning": await self.reprovision()}
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from None
+
+    async def _rpc_reprovision(self, _params: Any) -> Any:
+        # Answer first, then drop the session the answer travels on.
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, lambda: self._tasks.append(loop.create_task(self._reprovision_quietly())))
+        return {"reprovisioning": True}
+
+    async def _rpc_restart(self, _params: Any) -> Any:
+        # systemd (Restart=always) starts the service again; queued data is replayed.
+        asyncio.get_running_loop().call_later(0.5, self.request_stop)
+        return {"restarting": True}
 
     async def _rpc_status(self, _params: Any) -> Any:
         return self.status()

@@ -141,6 +141,32 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(_config_path(args.config))
+    sock = cfg.state_path(cfg.gateway.control_socket)
+    try:
+        if args.force:
+            print("edge-gateway: forgetting the stored credentials and provisioning again ...", file=sys.stderr)
+        result = control.ask(sock, "provision", timeout=60.0, force=bool(args.force))
+    except (FileNotFoundError, ConnectionRefusedError):
+        print("edge-gateway: the service is not running; it provisions itself when it starts", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except RuntimeError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"provisioning: {result.get('provisioning')}")
+    return EXIT_OK
+
+
+def cmd_import_provisioning(args: argparse.Namespace) -> int:
+    from gateway.upstream import provisioning
+
+    return provisioning.cmd_import_provisioning(args)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"edge-gateway {__version__}")
     return EXIT_OK
@@ -168,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("devices", help="devices the running gateway knows"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_devices)
+    sp = with_config(sub.add_parser("provision", help="provisioning state; --force forgets credentials"))
+    sp.add_argument("--force", action="store_true", help="forget the stored credentials and provision again")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_provision)
+    sp = with_config(sub.add_parser(
+        "import-provisioning",
+        help="move the installer's provisioning file from the boot partition into the configuration"))
+    sp.add_argument("--source", help="file to import (default /boot/firmware/edge-gateway-provision.toml)")
+    sp.add_argument("--owner", help="give the imported file to this user (the service's; needs root)")
+    sp.set_defaults(fn=cmd_import_provisioning)
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(fn=cmd_version)
     return p
