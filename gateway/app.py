@@ -28,6 +28,8 @@ from gateway.demo import SyntheticDevices
 from gateway.hw.backend import open_backend
 from gateway.hw.button import Button
 from gateway.hw.led import StatusLed, pattern_for
+from gateway.lwm2m.model.registry import ModelRegistry
+from gateway.lwm2m.server import LwM2mServer, ServerConfig
 from gateway.notify import Notifier
 from gateway.store import credentials as cred_store
 from gateway.store.atomic import write_atomic
@@ -110,6 +112,7 @@ class Gateway:
         self.downlink: Downlink | None = None
         self.control = ControlServer(cfg.state_path(cfg.gateway.control_socket))
         self.demo: SyntheticDevices | None = None
+        self.lwm2m: LwM2mServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._provisioning = "not needed"
@@ -170,6 +173,9 @@ class Gateway:
         else:
             self._start_provisioning()
 
+        if cfg.lwm2m.enabled:
+            await self._start_lwm2m()
+
         self.control.command("status", self._cmd_status)
         self.control.command("devices", self._cmd_devices)
         self.control.command("provision", self._cmd_provision)
@@ -189,6 +195,31 @@ class Gateway:
         self.notifier.ready(self.status_line())
         self.notifier.start_watchdog()
         log.info("gateway %s ready (state in %s)", __version__, cfg.gateway.state_dir)
+
+    async def _start_lwm2m(self) -> None:
+        lw = self.cfg.lwm2m
+        models = ModelRegistry()
+        if lw.models_dir:
+            for problem in models.load_dir(Path(lw.models_dir)):
+                log.error("object models: %s", problem)
+        self.lwm2m = LwM2mServer(
+            models=models,
+            config=ServerConfig(
+                admit_nosec=lw.admit_unknown_nosec,
+                request_timeout=lw.request_timeout_s,
+                queue_awake_time=lw.queue_awake_s,
+                max_held_per_device=lw.max_held_per_device,
+                max_held_total=lw.max_held_total,
+                udp_receive_buffer=lw.receive_buffer,
+            ),
+        )
+        try:
+            await self.lwm2m.start((lw.bind, lw.port))
+        except OSError as exc:
+            self.lwm2m = None
+            raise StartupError(f"LwM2M server cannot listen on [{lw.bind}]:{lw.port}: {exc.strerror or exc}") from None
+        host, port = self.lwm2m.address[:2]
+        log.info("LwM2M server listening on [%s]:%d (CoAP/UDP)", host, port)
 
     def _prepare_state_dir(self) -> None:
         state = self.cfg.gateway.state_dir
@@ -317,6 +348,8 @@ class Gateway:
         if self.demo is not None:
             await self.demo.stop()
         await self.control.close()
+        if self.lwm2m is not None:
+            await self.lwm2m.stop()
         if self.outbox is not None:
             with contextlib.suppress(OutboxError):
                 await self.outbox.flush()
@@ -379,6 +412,8 @@ class Gateway:
             "uplink_stats": asdict(self.uplink.stats()) if self.uplink is not None else {},
             "session_stats": asdict(self.session.stats()) if self.session is not None else {},
             "devices_online": self.hub.online if self.hub is not None else 0,
+            "lwm2m_registered": len(self.lwm2m.registrations) if self.lwm2m is not None else 0,
+            "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
             "clock_synced": self.clock.synced(),
             "last_errors": list(self.ring.errors),
         }
@@ -400,7 +435,23 @@ class Gateway:
 
     async def _cmd_devices(self, _req: dict[str, Any]) -> Any:
         assert self.hub is not None
-        return [{"name": d.name, "profile": d.profile, "adapter": d.adapter.name} for d in self.hub.devices()]
+        out: list[dict[str, Any]] = []
+        registered: set[str] = set()
+        if self.lwm2m is not None:
+            for d in self.lwm2m.devices():
+                registered.add(d.endpoint)
+                entry = self.hub.entry(d.endpoint)
+                out.append({
+                    "name": d.endpoint, "adapter": "lwm2m", "address": d.address,
+                    "mode": f"{d.binding} {d.lwm2m_version}", "lifetime_left_s": round(d.lifetime_left),
+                    "last_seen_ms": int(d.last_seen * 1000), "objects": list(d.objects),
+                    "observations": d.observations, "held_requests": d.held_requests,
+                    "profile": "" if entry is None else entry.profile,
+                })  # fmt: skip
+        for dev in self.hub.devices():
+            if dev.name not in registered:
+                out.append({"name": dev.name, "profile": dev.profile, "adapter": dev.adapter.name})
+        return out
 
     async def _cmd_provision(self, req: dict[str, Any]) -> Any:
         if not req.get("force"):

@@ -167,6 +167,15 @@ def cmd_import_provisioning(args: argparse.Namespace) -> int:
     return provisioning.cmd_import_provisioning(args)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    try:
+        from gateway.sim import lwm2m_client
+    except ImportError as exc:  # the simulator's extras are not installed on a production image
+        print(f"edge-gateway: the simulator needs the 'sim' extra: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return lwm2m_client.main(["--help"] if not args.sim_args else args.sim_args)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"edge-gateway {__version__}")
     return EXIT_OK
@@ -204,12 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="file to import (default /boot/firmware/edge-gateway-provision.toml)")
     sp.add_argument("--owner", help="give the imported file to this user (the service's; needs root)")
     sp.set_defaults(fn=cmd_import_provisioning)
+    sp = sub.add_parser(
+        "simulate", help="run N simulated LwM2M clients against a server (see 'simulate --help')", add_help=False
+    )
+    sp.add_argument("sim_args", nargs=argparse.REMAINDER)
+    sp.set_defaults(fn=cmd_simulate)
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(fn=cmd_version)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the simulator parses its own options (and --help)
+        return cmd_simulate(argparse.Namespace(sim_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

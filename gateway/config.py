@@ -141,6 +141,22 @@ class GpioSection:
 
 
 @dataclass(frozen=True, slots=True)
+class Lwm2mSection:
+    enabled: bool = _f(True, "run the LwM2M server")
+    bind: str = _f("::", "address the LwM2M server listens on (\"::\" also takes IPv4)")
+    port: int = _f(5683, "CoAP/UDP port of the LwM2M server (NoSec)", min=0, max=65535)
+    admit_unknown_nosec: bool = _f(
+        False, "let endpoints that are not in the credentials store register without security (demo only)"
+    )
+    models_dir: str = _f("", "directory of OMA DDF XML object models to load besides the built-in ones")
+    request_timeout_s: float = _f(93.0, "deadline of a request to a device (all CoAP retransmissions)", min=1.0)
+    queue_awake_s: float = _f(93.0, "how long a queue-mode device listens after it last talked", min=1.0)
+    max_held_per_device: int = _f(32, "requests held for one sleeping queue-mode device", min=1)
+    max_held_total: int = _f(10_000, "requests held for all sleeping devices together", min=1)
+    receive_buffer: int = _f(16 * 1024 * 1024, "UDP receive buffer (capped by net.core.rmem_max)", min=65536, size=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     thingsboard: ThingsBoardSection = field(default_factory=ThingsBoardSection)
@@ -149,6 +165,7 @@ class Config:
     clock: ClockSection = field(default_factory=ClockSection)
     demo: DemoSection = field(default_factory=DemoSection)
     gpio: GpioSection = field(default_factory=GpioSection)
+    lwm2m: Lwm2mSection = field(default_factory=Lwm2mSection)
     sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def state_path(self, name: str) -> Path:

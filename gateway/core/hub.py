@@ -138,6 +138,9 @@ class DeviceHub:
         entry = self._devices.get(device)
         return entry.adapter if entry is not None else None
 
+    def entry(self, device: str) -> DeviceEntry | None:
+        return self._devices.get(device)
+
     def is_connected(self, device: str) -> bool:
         return device in self._devices
 

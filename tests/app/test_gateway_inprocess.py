@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 from gateway import config
 from gateway.app import Gateway
 from gateway.core.hub import RpcError
+from gateway.sim.lwm2m_client import Fleet
 from gateway.sim.tbemu import ThingsBoardEmulator
 from gateway.upstream.session import SessionState
 
@@ -32,6 +35,8 @@ telemetry_interval_s = 1
 port = {emu.port}
 credentials = "access_token"
 token = "tok"
+[lwm2m]
+port = 0
 [clock]
 trust = "always"
 [demo]
@@ -98,7 +103,9 @@ async def test_gateway_rpcs_and_own_telemetry(running: tuple[Gateway, ThingsBoar
 
 async def test_attribute_request_without_upstream_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "g.toml"
-    f.write_text(f'[gateway]\nstate_dir = "{tmp_path / "s"}"\n[thingsboard]\ncredentials = "provision"\n')
+    f.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "s"}"\n[thingsboard]\ncredentials = "provision"\n[lwm2m]\nport = 0\n'
+    )
     gw = Gateway(config.load(f, env={}))
     await gw.start()
     try:
@@ -106,4 +113,48 @@ async def test_attribute_request_without_upstream_is_an_error(tmp_path: Path) ->
         with pytest.raises(RpcError, match="not provisioned"):
             await gw.hub.request_attributes("x", ["a"])
     finally:
+        await gw.stop()
+
+
+async def test_lwm2m_devices_visible_through_the_cli(tmp_path: Path) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text(f"""
+[gateway]
+state_dir = "{tmp_path / 's'}"
+[thingsboard]
+credentials = "provision"
+[lwm2m]
+bind = "127.0.0.1"
+port = 0
+admit_unknown_nosec = true
+""")
+    gw = Gateway(config.load(f, env={}))
+    await gw.start()
+    fleet = None
+    try:
+        assert gw.lwm2m is not None
+        fleet = Fleet(gw.lwm2m.address, 3, prefix="cli-")
+        await fleet.start()
+        fleet.register_all()
+        async with asyncio.timeout(10):
+            while len(gw.lwm2m.registrations) < 3:
+                await asyncio.sleep(0.02)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "devices", "--json", "-c", str(f),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        devices = {d["name"]: d for d in json.loads(out)}
+        assert set(devices) == {"cli-000000", "cli-000001", "cli-000002"}
+        assert devices["cli-000000"]["adapter"] == "lwm2m" and "/3/0" in devices["cli-000000"]["objects"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "devices", "-c", str(f),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        assert b"cli-000002" in out and b"NAME" in out
+    finally:
+        if fleet is not None:
+            await fleet.close()
         await gw.stop()

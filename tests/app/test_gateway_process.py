@@ -39,6 +39,8 @@ credentials = "access_token"
 token = "{TOKEN}"
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
+[lwm2m]
+port = 0
 [clock]
 trust = "always"
 [outbox]

@@ -29,6 +29,8 @@ reconnect_max_s = 0.5
 key = "{key}"
 secret = "{secret}"
 retry_s = 10
+[lwm2m]
+port = 0
 [clock]
 trust = "always"
 [demo]

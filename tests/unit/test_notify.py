@@ -60,6 +60,8 @@ state_dir = "{tmp_path / 'state'}"
 port = {emu.port}
 credentials = "access_token"
 token = "tok"
+[lwm2m]
+port = 0
 [clock]
 trust = "always"
 """)
