@@ -240,6 +240,7 @@ class Gateway:
         self.downlink.register_method("getLogs", self._rpc_get_logs)
         self.downlink.register_method("reprovision", self._rpc_reprovision)
         self.downlink.register_method("restart", self._rpc_restart)
+        self.downlink.add_gateway_attributes_listener(self._on_gateway_attributes)
         self.session.add_state_listener(self._on_session_state)
         self.session.start()
         loop = asyncio.get_running_loop()
@@ -263,6 +264,53 @@ class Gateway:
         if self.hub is not None:
             self.hub.attribute_source = None
         self.session = self.uplink = self.downlink = None
+
+    async def _on_gateway_attributes(self, update: Any) -> None:
+        """Remote management: shared attributes ``logLevel`` and ``config`` of the gateway device.
+
+        A valid change is applied at once and acknowledged with the client attribute
+        ``configStatus`` = "applied"; an invalid one is refused as a whole, the old configuration
+        stays, and ``configStatus`` says why.
+        """
+        changes: dict[str, Any] = {}
+        values = dict(update.values)
+        if "logLevel" in values:
+            level = values["logLevel"]
+            changes.setdefault("gateway", {})["log_level"] = level.lower() if isinstance(level, str) else level
+        if "config" in values:
+            raw = values["config"]
+            if isinstance(raw, str):  # ThingsBoard's UI stores JSON attributes as text too
+                try:
+                    raw = json.loads(raw)
+                except ValueError:
+                    raw = None
+            if not isinstance(raw, dict):
+                await self._report_config_status("refused: config: expected a JSON object")
+                return
+            for section, items in raw.items():
+                if isinstance(items, dict) and isinstance(changes.get(section), dict):
+                    changes[section].update(items)
+                else:
+                    changes[section] = items
+        if not changes:
+            return
+        cfg, problems = config.apply_runtime_changes(self.cfg, changes)
+        if problems:
+            log.warning("remote configuration refused: %s", "; ".join(problems))
+            await self._report_config_status("refused: " + "; ".join(problems))
+            return
+        self.cfg = cfg
+        logs.set_level(cfg.gateway.log_level)
+        log.info("remote configuration applied: %s", json.dumps(changes, sort_keys=True))
+        await self._report_config_status("applied")
+
+    async def _report_config_status(self, text: str) -> None:
+        if self.hub is not None:
+            with contextlib.suppress(OutboxError):
+                await self.hub.self_attributes(
+                    {"configStatus": text, "logLevel": self.cfg.gateway.log_level,
+                     "telemetryIntervalS": self.cfg.gateway.telemetry_interval_s}
+                )  # fmt: skip
 
     # -- provisioning -------------------------------------------------------------------------
 

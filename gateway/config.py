@@ -452,3 +452,42 @@ def redacted(cfg: Config) -> dict[str, Any]:
         return out
 
     return walk(cfg)  # type: ignore[no-any-return]
+
+
+#: Keys that ThingsBoard may change at run time (shared attribute ``config`` of the gateway device).
+RUNTIME_KEYS = frozenset({"gateway.log_level", "gateway.telemetry_interval_s"})
+
+
+def apply_runtime_changes(cfg: Config, changes: Any) -> tuple[Config, list[str]]:
+    """``cfg`` with ``changes`` (``{"gateway": {"log_level": "debug"}}``) applied, or the problems.
+
+    Only :data:`RUNTIME_KEYS` may change; anything else, or a bad value, is refused with its key
+    path, and then nothing at all is applied (the old configuration stays).
+    """
+    problems: list[str] = []
+    if not isinstance(changes, Mapping):
+        return cfg, ["config: expected an object such as {\"gateway\": {\"log_level\": \"debug\"}}"]
+    sections: dict[str, dict[str, Any]] = {}
+    for section, values in changes.items():
+        if not isinstance(values, Mapping):
+            problems.append(f"config.{section}: expected an object")
+            continue
+        for key, value in values.items():
+            path = f"{section}.{key}"
+            if path not in RUNTIME_KEYS:
+                allowed = ", ".join(sorted(RUNTIME_KEYS))
+                problems.append(f"config.{path}: cannot change at run time (allowed: {allowed})")
+                continue
+            current = getattr(cfg, section)
+            f = next(f for f in dataclasses.fields(current) if f.name == key)
+            ok, converted = _convert(typing.get_type_hints(type(current))[key], value, f.metadata)
+            if not ok:
+                tp = typing.get_type_hints(type(current))[key]
+                problems.append(f"config.{path}: expected {_describe(tp, f.metadata)}, got {_shown(value, f.metadata)}")
+                continue
+            sections.setdefault(section, {})[key] = converted
+    if problems:
+        return cfg, problems
+    for section, values in sections.items():
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+    return cfg, []

@@ -101,6 +101,26 @@ async def test_gateway_rpcs_and_own_telemetry(running: tuple[Gateway, ThingsBoar
     assert {"uptimeS", "cpuPercent", "recordsSent", "devicesOnline"} <= set(values)
 
 
+async def test_remote_configuration_applied_or_refused(running: tuple[Gateway, ThingsBoardEmulator]) -> None:
+    gw, emu = running
+    old_level = logging.getLogger().level
+
+    def status() -> object:
+        return emu.device(GW).attributes_client.get("configStatus")
+
+    await emu.set_shared_attributes(GW, {"logLevel": "DEBUG", "config": {"gateway": {"telemetry_interval_s": 30}}})
+    await emu.wait_for(lambda: status() == "applied", timeout=10)
+    assert gw.cfg.gateway.log_level == "debug" and gw.cfg.gateway.telemetry_interval_s == 30
+    assert logging.getLogger().level == logging.DEBUG
+    await emu.set_shared_attributes(GW, {"config": {"outbox": {"max_bytes": 1}, "gateway": {"log_level": "info"}}})
+    await emu.wait_for(lambda: str(status()).startswith("refused"), timeout=10)
+    assert "config.outbox.max_bytes: cannot change at run time" in str(status())
+    assert gw.cfg.gateway.log_level == "debug"  # refused as a whole: the old configuration stays
+    await emu.set_shared_attributes(GW, {"logLevel": "loud"})
+    await emu.wait_for(lambda: "config.gateway.log_level: expected one of" in str(status()), timeout=10)
+    logging.getLogger().setLevel(old_level)
+
+
 async def test_attribute_request_without_upstream_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "g.toml"
     f.write_text(
