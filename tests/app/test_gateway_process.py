@@ -125,9 +125,12 @@ async def wait_acks(emu: ThingsBoardEmulator, proc: asyncio.subprocess.Process, 
             await asyncio.sleep(0.05)
 
 
-async def stop_gateway(proc: asyncio.subprocess.Process) -> int:
+async def stop_gateway(proc: asyncio.subprocess.Process, log: Path | None = None) -> int:
     proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 30)
+    rc = await asyncio.wait_for(proc.wait(), 30)
+    if rc != 0 and log is not None:
+        print(f"gateway exited with {rc}; the end of its log:\n" + "\n".join(log.read_text().splitlines()[-40:]))
+    return rc
 
 
 async def test_records_flow_and_clean_stop(tmp_path: Path) -> None:
@@ -136,7 +139,7 @@ async def test_records_flow_and_clean_stop(tmp_path: Path) -> None:
         cfg = write_config(tmp_path, emu.port, interval=0.02)
         proc = await start_gateway(cfg, tmp_path / "gw.log")
         await wait_acks(emu, proc, tmp_path / "acks", 20)
-        assert await stop_gateway(proc) == 0
+        assert await stop_gateway(proc, tmp_path / "gw.log") == 0
         acked = read_acks(tmp_path / "acks")
         await wait_all_delivered(emu, acked, timeout=10)
         check_delivery(emu, acked)
@@ -163,7 +166,7 @@ async def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         proc = await start_gateway(cfg, log)
         await wait_acks(emu, proc, tmp_path / "acks", len(acked) + 1)
         await wait_all_delivered(emu, acked, timeout=60)
-        assert await stop_gateway(proc) == 0
+        assert await stop_gateway(proc, tmp_path / "gw.log") == 0
         acked = read_acks(tmp_path / "acks")
         await wait_all_delivered(emu, acked, timeout=10)
         dups = check_delivery(emu, acked)
@@ -184,12 +187,12 @@ async def test_uplink_outage_loses_nothing_and_keeps_order(tmp_path: Path, outag
             before = len(read_acks(tmp_path / "acks"))
             await asyncio.sleep(outage_s)  # the outage itself: records keep coming meanwhile
             during = len(read_acks(tmp_path / "acks")) - before
-            assert during > outage_s * 20, f"only {during} rounds accepted during the outage"
+            assert during > outage_s * 20, f"only {during} rounds accepted during the outage (log: {tmp_path})"
             await emu.start()
             acked = read_acks(tmp_path / "acks")
             await wait_all_delivered(emu, acked, timeout=60 + outage_s)
         finally:
-            assert await stop_gateway(proc) == 0
+            assert await stop_gateway(proc, tmp_path / "gw.log") == 0
         acked = read_acks(tmp_path / "acks")
         await wait_all_delivered(emu, acked, timeout=10)
         check_delivery(emu, acked)
@@ -216,7 +219,7 @@ async def test_unsynchronised_clock_records_are_restamped(tmp_path: Path) -> Non
             await emu.wait_for(lambda: all(len(v) >= 20 for v in received(emu).values()) and
                                len(received(emu)) == DEVICES, timeout=30)
         finally:
-            assert await stop_gateway(proc) == 0
+            assert await stop_gateway(proc, tmp_path / "gw.log") == 0
         for child in emu.children(GATEWAY):
             stamps = [ts for ts, v in child.telemetry if "seq" in v]
             early = [ts for ts in stamps if ts is not None and ts < t_sync * 1000]
