@@ -29,10 +29,19 @@ from gateway.hw.backend import open_backend
 from gateway.hw.button import Button
 from gateway.hw.led import StatusLed, pattern_for
 from gateway.lwm2m.model.registry import ModelRegistry
+from gateway.lwm2m.security import SecurityBinding
 from gateway.lwm2m.server import LwM2mServer, ServerConfig
 from gateway.notify import Notifier
 from gateway.store import credentials as cred_store
 from gateway.store.atomic import write_atomic
+from gateway.store.clients import (
+    RPC_METHOD,
+    ClientStore,
+    ClientStoreError,
+    check_client_entries,
+    control_commands,
+    rpc_handler,
+)
 from gateway.store.outbox import Outbox, OutboxError, OutboxLimits
 from gateway.upstream.downlink import Downlink
 from gateway.upstream.provisioning import (
@@ -113,6 +122,8 @@ class Gateway:
         self.control = ControlServer(cfg.state_path(cfg.gateway.control_socket))
         self.demo: SyntheticDevices | None = None
         self.lwm2m: LwM2mServer | None = None
+        self.clients: ClientStore | None = None
+        self.security: SecurityBinding | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._provisioning = "not needed"
@@ -161,6 +172,7 @@ class Gateway:
         except OutboxError as exc:
             raise StartupError(str(exc)) from None
         self.hub = DeviceHub(self.outbox)
+        self._open_clients()
 
         credentials = session_credentials(cfg)
         if credentials is None:
@@ -196,6 +208,24 @@ class Gateway:
         self.notifier.start_watchdog()
         log.info("gateway %s ready (state in %s)", __version__, cfg.gateway.state_dir)
 
+    def _open_clients(self) -> None:
+        """The LwM2M clients' credentials: the store, synced with [[lwm2m.clients]]; the security binding."""
+        cfg = self.cfg
+        try:
+            self.clients = ClientStore.open(cfg.state_path(cfg.lwm2m.clients_db))
+            base_dir = Path(cfg.sources[0]).parent if cfg.sources and cfg.sources[0] != "environment" else None
+            entries, _ = check_client_entries(cfg.lwm2m.clients, label="configuration", base_dir=base_dir)
+            synced = self.clients.sync_config(entries)  # (config.load has reported every problem)
+        except ClientStoreError as exc:
+            raise StartupError(str(exc)) from None
+        log.info(
+            "LwM2M clients: %d known; from the configuration file %d added, %d updated, %d removed",
+            len(self.clients), len(synced.added), len(synced.updated), len(synced.removed),
+        )
+        self.security = SecurityBinding(self.clients, allow_unknown_nosec=cfg.lwm2m.admit_unknown_nosec)
+        for name, fn in control_commands(self.clients).items():
+            self.control.command(name, fn)
+
     async def _start_lwm2m(self) -> None:
         lw = self.cfg.lwm2m
         models = ModelRegistry()
@@ -212,6 +242,7 @@ class Gateway:
                 max_held_total=lw.max_held_total,
                 udp_receive_buffer=lw.receive_buffer,
             ),
+            registration_check=self.security,
         )
         try:
             await self.lwm2m.start((lw.bind, lw.port))
@@ -238,6 +269,8 @@ class Gateway:
         self.hub.attribute_source = self.downlink
         self.downlink.register_method("status", self._rpc_status)
         self.downlink.register_method("getLogs", self._rpc_get_logs)
+        if self.clients is not None:
+            self.downlink.register_method(RPC_METHOD, rpc_handler(self.clients))
         self.downlink.register_method("reprovision", self._rpc_reprovision)
         self.downlink.register_method("restart", self._rpc_restart)
         self.downlink.add_gateway_attributes_listener(self._on_gateway_attributes)
@@ -398,6 +431,8 @@ class Gateway:
         await self.control.close()
         if self.lwm2m is not None:
             await self.lwm2m.stop()
+        if self.clients is not None:
+            self.clients.close()
         if self.outbox is not None:
             with contextlib.suppress(OutboxError):
                 await self.outbox.flush()
@@ -462,6 +497,8 @@ class Gateway:
             "devices_online": self.hub.online if self.hub is not None else 0,
             "lwm2m_registered": len(self.lwm2m.registrations) if self.lwm2m is not None else 0,
             "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
+            "lwm2m_clients": len(self.clients) if self.clients is not None else 0,
+            "lwm2m_security": self.security.stats() if self.security is not None else {},
             "clock_synced": self.clock.synced(),
             "last_errors": list(self.ring.errors),
         }
@@ -551,6 +588,8 @@ class Gateway:
         if self.uplink is not None:
             u = self.uplink.stats()
             values.update(recordsSent=u.records_sent, publishes=u.publishes, resends=u.resends)
+        if self.security is not None:
+            values.update(self.security.telemetry())
         for key, reader in (
             ("rssBytes", sysinfo.rss_bytes),
             ("memAvailableBytes", sysinfo.memory_available_bytes),

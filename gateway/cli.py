@@ -4,6 +4,7 @@
     edge-gateway check-config [FILE]      every error with its key path; exit 1 if any
     edge-gateway status [--json]          uplink, queue, endpoints: asked from the running service
     edge-gateway devices [--json]         devices the running service knows
+    edge-gateway clients add|remove|list  LwM2M clients' credentials (keys never echoed)
     edge-gateway version
 
 Output is for people by default and JSON with ``--json``. Exit codes: 0 ok, 1 error the user can
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config, control
+from gateway.store import clients as clients_cli
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -141,6 +143,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_clients(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(_config_path(args.config))
+    return clients_cli.run_cli(
+        args,
+        db_path=cfg.state_path(cfg.lwm2m.clients_db),
+        control_socket=cfg.state_path(cfg.gateway.control_socket),
+    )
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(_config_path(args.config))
     sock = cfg.state_path(cfg.gateway.control_socket)
@@ -203,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("devices", help="devices the running gateway knows"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_devices)
+    sp = sub.add_parser("clients", help="LwM2M clients' credentials: add, remove, list (keys never echoed)")
+    clients_cli.configure_cli(
+        sp, config_help=f"configuration file (default {config.DEFAULT_PATH}, or $EDGE_GATEWAY_CONFIG)"
+    )
+    sp.set_defaults(fn=cmd_clients)
     sp = with_config(sub.add_parser("provision", help="provisioning state; --force forgets credentials"))
     sp.add_argument("--force", action="store_true", help="forget the stored credentials and provision again")
     sp.add_argument("--json", action="store_true")

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.store.clients import ClientConfigEntry, check_client_entries
+
 ENV_PREFIX = "EDGE_GATEWAY__"
 DEFAULT_PATH = Path("/etc/edge-gateway/gateway.toml")
 
@@ -154,6 +156,10 @@ class Lwm2mSection:
     max_held_per_device: int = _f(32, "requests held for one sleeping queue-mode device", min=1)
     max_held_total: int = _f(10_000, "requests held for all sleeping devices together", min=1)
     receive_buffer: int = _f(16 * 1024 * 1024, "UDP receive buffer (capped by net.core.rmem_max)", min=65536, size=True)
+    clients_db: str = _f("clients.sqlite3", "the LwM2M clients' credentials store (relative to gateway.state_dir)")
+    clients: list[ClientConfigEntry] = _f(  # noqa: RUF009
+        [], "[[lwm2m.clients]] tables: endpoint, mode, identity, key or key_file, public_key, cert, cn"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +337,13 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str], label: str) ->
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, path + ".", problems, label)
             continue
+        item_tp = _dataclass_items(tp)
+        if item_tp is not None:
+            if not isinstance(value, list):
+                problems.append(f"{label}: {path}: expected a list of tables ([[{path}]]), got {_shown(value, {})}")
+                continue
+            kwargs[name] = [_build(item_tp, v, f"{path}[{i}].", problems, label) for i, v in enumerate(value)]
+            continue
         ok, converted = _convert(tp, value, f.metadata)
         if not ok:
             problems.append(
@@ -339,6 +352,15 @@ def _build(cls: Any, data: Any, prefix: str, problems: list[str], label: str) ->
             continue
         kwargs[name] = converted
     return cls(**kwargs)
+
+
+def _dataclass_items(tp: Any) -> Any:
+    """The item type of ``list[SomeDataclass]`` (an array of tables), else None."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
 
 
 def _convert(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -395,6 +417,8 @@ def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
 
 
 def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
+    base_dir = Path(label).parent if cfg.sources else None  # relative key_file / cert: beside the main file
+    problems.extend(check_client_entries(cfg.lwm2m.clients, label=label, base_dir=base_dir)[1])
     tb = cfg.thingsboard
     if tb.credentials == "access_token" and not tb.token:
         problems.append(
@@ -445,6 +469,8 @@ def redacted(cfg: Config) -> dict[str, Any]:
                 continue
             if dataclasses.is_dataclass(v):
                 out[f.name] = walk(v)
+            elif isinstance(v, list) and any(dataclasses.is_dataclass(x) for x in v):
+                out[f.name] = [walk(x) for x in v]
             elif f.metadata.get("secret") and v:
                 out[f.name] = "<secret>"
             else:
