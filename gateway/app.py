@@ -40,9 +40,13 @@ from gateway.store.clients import (
     ClientStoreError,
     check_client_entries,
     control_commands,
+    follow_dtls,
     rpc_handler,
 )
 from gateway.store.outbox import Outbox, OutboxError, OutboxLimits
+from gateway.transport.dtls import DtlsServer, RpkKeyPair, TrustStore, X509Credentials
+from gateway.transport.dtls_coap import DtlsTransport
+from gateway.transport.gnutls import GnuTLSError, GnuTLSUnavailable
 from gateway.upstream.downlink import Downlink
 from gateway.upstream.provisioning import (
     Phase,
@@ -122,6 +126,9 @@ class Gateway:
         self.control = ControlServer(cfg.state_path(cfg.gateway.control_socket))
         self.demo: SyntheticDevices | None = None
         self.lwm2m: LwM2mServer | None = None
+        self.dtls: DtlsServer | None = None
+        self.dtls_transport: DtlsTransport | None = None
+        self._unfollow_dtls: Any = None
         self.clients: ClientStore | None = None
         self.security: SecurityBinding | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -251,6 +258,42 @@ class Gateway:
             raise StartupError(f"LwM2M server cannot listen on [{lw.bind}]:{lw.port}: {exc.strerror or exc}") from None
         host, port = self.lwm2m.address[:2]
         log.info("LwM2M server listening on [%s]:%d (CoAP/UDP)", host, port)
+        if lw.dtls:
+            await self._start_dtls()
+
+    async def _start_dtls(self) -> None:
+        assert self.lwm2m is not None and self.clients is not None
+        lw = self.cfg.lwm2m
+        try:
+            rpk = x509 = None
+            if lw.server_key_file:
+                key = Path(lw.server_key_file).read_bytes()
+                rpk = RpkKeyPair.from_pem(key)
+                if lw.server_cert_file:
+                    x509 = X509Credentials(Path(lw.server_cert_file).read_bytes(), key)
+            trust = None
+            if lw.trust_ca_file or lw.trust_ca_dir:
+                trust = TrustStore(ca_file=lw.trust_ca_file or None, ca_dir=lw.trust_ca_dir or None)
+            self.clients.set_server_credentials(rpk=rpk, x509=x509, trust=trust)
+            self.dtls = DtlsServer(self.clients)
+        except (OSError, ValueError, GnuTLSError, GnuTLSUnavailable) as exc:
+            raise StartupError(f"DTLS: {exc}") from None
+        self._unfollow_dtls = follow_dtls(self.clients, self.dtls)
+        loop = asyncio.get_running_loop()
+        dtls = self.dtls
+
+        async def transport(mman: Any) -> DtlsTransport:
+            return await DtlsTransport.create_server_transport(
+                mman, log, loop, bind=(lw.bind, lw.dtls_port), server=dtls, receive_buffer=lw.receive_buffer
+            )
+
+        try:
+            _, self.dtls_transport = await self.lwm2m.add_transport(transport)
+        except OSError as exc:
+            where = f"[{lw.bind}]:{lw.dtls_port}"
+            raise StartupError(f"LwM2M DTLS cannot listen on {where}: {exc.strerror or exc}") from None
+        modes = "PSK" + (", RPK" if rpk else "") + (", X.509" if x509 else "")
+        log.info("LwM2M server listening on [%s]:%d (CoAP/DTLS: %s)", lw.bind, self.dtls_transport.port, modes)
 
     def _prepare_state_dir(self) -> None:
         state = self.cfg.gateway.state_dir
@@ -429,6 +472,8 @@ class Gateway:
         if self.demo is not None:
             await self.demo.stop()
         await self.control.close()
+        if self._unfollow_dtls is not None:
+            self._unfollow_dtls()
         if self.lwm2m is not None:
             await self.lwm2m.stop()
         if self.clients is not None:

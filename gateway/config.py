@@ -156,6 +156,13 @@ class Lwm2mSection:
     max_held_per_device: int = _f(32, "requests held for one sleeping queue-mode device", min=1)
     max_held_total: int = _f(10_000, "requests held for all sleeping devices together", min=1)
     receive_buffer: int = _f(16 * 1024 * 1024, "UDP receive buffer (capped by net.core.rmem_max)", min=65536, size=True)
+    dtls: bool = _f(True, "serve CoAP over DTLS (PSK, RPK, X.509) beside NoSec")
+    dtls_port: int = _f(5684, "CoAP/DTLS port of the LwM2M server", min=0, max=65535)
+    server_key_file: str = _f("", "the server's EC P-256 private key (PEM): its raw public key for RPK, and with "
+                              "server_cert_file its certificate key for X.509; empty: PSK only", secret_path=True)
+    server_cert_file: str = _f("", "the server's certificate chain (PEM) for X.509 clients; empty: no X.509")
+    trust_ca_file: str = _f("", "CA certificates (PEM) that client certificates must chain to")
+    trust_ca_dir: str = _f("", "a directory of CA certificates (PEM) that client certificates may chain to")
     clients_db: str = _f("clients.sqlite3", "the LwM2M clients' credentials store (relative to gateway.state_dir)")
     clients: list[ClientConfigEntry] = _f(  # noqa: RUF009
         [], "[[lwm2m.clients]] tables: endpoint, mode, identity, key or key_file, public_key, cert, cn"

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import aiocoap
+import pytest
 from aiocoap.numbers.codes import Code
 
 from gateway import config
@@ -41,6 +43,7 @@ credentials = "access_token"
 token = "tok"
 [lwm2m]
 port = 0
+dtls_port = 0
 [[lwm2m.clients]]
 endpoint = "plain-1"
 [[lwm2m.clients]]
@@ -77,3 +80,55 @@ trust = "always"
     # what ThingsBoard added survives the stop (the store is a file, not memory)
     with ClientStore.open(tmp_path / "state" / "clients.sqlite3") as s:
         assert s.get("stranger") is not None and s.get("stranger").source.value == "thingsboard"
+
+
+COAP_CLIENT_GNUTLS = shutil.which("coap-client-gnutls")
+
+
+@pytest.mark.skipif(COAP_CLIENT_GNUTLS is None, reason="coap-client-gnutls (libcoap3-bin) is not installed")
+async def test_psk_device_registers_over_the_gateways_dtls_port(tmp_path: Path) -> None:
+    """coap-client-gnutls (a peer the project did not write) registers over DTLS-PSK with the gateway."""
+    f = tmp_path / "g.toml"
+    (tmp_path / "k.key").write_text("text:a-sixteen-byte-key")
+    f.write_text(f"""
+[gateway]
+state_dir = "{tmp_path / 'state'}"
+[thingsboard]
+credentials = "provision"
+[lwm2m]
+bind = "127.0.0.1"
+port = 0
+dtls_port = 0
+[[lwm2m.clients]]
+endpoint = "psk-dev"
+mode = "PSK"
+identity = "psk-dev-identity"
+key_file = "k.key"
+""")
+    gw = Gateway(config.load(f, env={}))
+    await gw.start()
+    try:
+        assert gw.lwm2m is not None and gw.dtls_transport is not None
+        port = gw.dtls_transport.port
+
+        async def register(key: str) -> tuple[int, str]:
+            assert COAP_CLIENT_GNUTLS is not None
+            proc = await asyncio.create_subprocess_exec(
+                COAP_CLIENT_GNUTLS, "-B", "10", "-m", "post", "-t", "40", "-e", "</1/0>,</3/0>",
+                "-u", "psk-dev-identity", "-k", key,
+                f"coaps://127.0.0.1:{port}/rd?ep=psk-dev&lt=300&lwm2m=1.1&b=U",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            return proc.returncode or 0, (out + err).decode(errors="replace")
+
+        rc, output = await register("wrong-sixteen-byte-key")
+        assert gw.lwm2m.registrations.get("psk-dev") is None, output
+        rc, output = await register("a-sixteen-byte-key")
+        assert rc == 0, output
+        reg = gw.lwm2m.registrations.get("psk-dev")
+        assert reg is not None, output
+        devices = await gw._cmd_devices({})
+        assert any(d["name"] == "psk-dev" for d in devices)
+    finally:
+        await gw.stop()

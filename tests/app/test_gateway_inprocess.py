@@ -37,6 +37,7 @@ credentials = "access_token"
 token = "tok"
 [lwm2m]
 port = 0
+dtls_port = 0
 [clock]
 trust = "always"
 [demo]
@@ -124,7 +125,8 @@ async def test_remote_configuration_applied_or_refused(running: tuple[Gateway, T
 async def test_attribute_request_without_upstream_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "g.toml"
     f.write_text(
-        f'[gateway]\nstate_dir = "{tmp_path / "s"}"\n[thingsboard]\ncredentials = "provision"\n[lwm2m]\nport = 0\n'
+        f'[gateway]\nstate_dir = "{tmp_path / "s"}"\n[thingsboard]\ncredentials = "provision"\n'
+        "[lwm2m]\nport = 0\ndtls_port = 0\n"
     )
     gw = Gateway(config.load(f, env={}))
     await gw.start()
@@ -146,6 +148,7 @@ credentials = "provision"
 [lwm2m]
 bind = "127.0.0.1"
 port = 0
+dtls_port = 0
 admit_unknown_nosec = true
 """)
     gw = Gateway(config.load(f, env={}))

@@ -41,6 +41,7 @@ reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 [lwm2m]
 port = 0
+dtls_port = 0
 [clock]
 trust = "always"
 [outbox]

@@ -31,6 +31,7 @@ secret = "{secret}"
 retry_s = 10
 [lwm2m]
 port = 0
+dtls_port = 0
 [clock]
 trust = "always"
 [demo]

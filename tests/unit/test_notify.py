@@ -62,6 +62,7 @@ credentials = "access_token"
 token = "tok"
 [lwm2m]
 port = 0
+dtls_port = 0
 [clock]
 trust = "always"
 """)
