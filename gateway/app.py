@@ -32,6 +32,8 @@ from gateway.lwm2m.model.registry import ModelRegistry
 from gateway.lwm2m.security import SecurityBinding
 from gateway.lwm2m.server import LwM2mServer, ServerConfig
 from gateway.notify import Notifier
+from gateway.serial.port import SerialLink, links_telemetry
+from gateway.serial.sensors import SerialSensorAdapter
 from gateway.store import credentials as cred_store
 from gateway.store.atomic import write_atomic
 from gateway.store.clients import (
@@ -47,6 +49,7 @@ from gateway.store.outbox import Outbox, OutboxError, OutboxLimits
 from gateway.transport.dtls import DtlsServer, RpkKeyPair, TrustStore, X509Credentials
 from gateway.transport.dtls_coap import DtlsTransport
 from gateway.transport.gnutls import GnuTLSError, GnuTLSUnavailable
+from gateway.transport.slipmux import SlipmuxTransport
 from gateway.upstream.downlink import Downlink
 from gateway.upstream.provisioning import (
     Phase,
@@ -127,6 +130,8 @@ class Gateway:
         self.demo: SyntheticDevices | None = None
         self.lwm2m: LwM2mServer | None = None
         self.dtls: DtlsServer | None = None
+        self.serial: SerialSensorAdapter | None = None
+        self.slipmux: list[SlipmuxTransport] = []
         self.dtls_transport: DtlsTransport | None = None
         self._unfollow_dtls: Any = None
         self.clients: ClientStore | None = None
@@ -202,6 +207,8 @@ class Gateway:
             await self.control.start()
         except OSError as exc:
             raise StartupError(f"cannot open the control socket {self.control.path}: {exc.strerror}") from None
+
+        await self._start_serial()
 
         if cfg.demo.synthetic_devices:
             self.demo = SyntheticDevices(
@@ -294,6 +301,27 @@ class Gateway:
             raise StartupError(f"LwM2M DTLS cannot listen on {where}: {exc.strerror or exc}") from None
         modes = "PSK" + (", RPK" if rpk else "") + (", X.509" if x509 else "")
         log.info("LwM2M server listening on [%s]:%d (CoAP/DTLS: %s)", lw.bind, self.dtls_transport.port, modes)
+
+    async def _start_serial(self) -> None:
+        """Plain line sensors through their adapter; LwM2M-over-serial ports as LwM2M transports."""
+        assert self.hub is not None
+        ports = self.cfg.serial.ports
+        lines = [p for p in ports if p.protocol == "lines"]
+        if lines:
+            self.serial = SerialSensorAdapter(self.hub, lines)
+            await self.serial.start()
+        loop = asyncio.get_running_loop()
+        for p in (p for p in ports if p.protocol == "slipmux"):
+            assert self.lwm2m is not None  # check-config refuses slipmux ports without the LwM2M server
+            link = SerialLink(p.name, p.link_settings(), reopen_min_s=p.reopen_min_s, reopen_max_s=p.reopen_max_s)
+
+            async def factory(mman: Any, link: SerialLink = link, size: int = p.max_message_size) -> SlipmuxTransport:
+                return await SlipmuxTransport.create(mman, log, loop, link=link, max_message_size=size)
+
+            _, transport = await self.lwm2m.add_transport(factory)
+            transport.notification_sink = self.lwm2m.exchanges
+            self.slipmux.append(transport)
+            log.info("LwM2M over serial on %s (%s)", p.name, p.path)
 
     def _prepare_state_dir(self) -> None:
         state = self.cfg.gateway.state_dir
@@ -471,6 +499,8 @@ class Gateway:
         log.info("gateway: stopping")
         if self.demo is not None:
             await self.demo.stop()
+        if self.serial is not None:
+            await self.serial.stop()
         await self.control.close()
         if self._unfollow_dtls is not None:
             self._unfollow_dtls()
@@ -544,6 +574,7 @@ class Gateway:
             "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
             "lwm2m_clients": len(self.clients) if self.clients is not None else 0,
             "lwm2m_security": self.security.stats() if self.security is not None else {},
+            "serial": [*(self.serial.status() if self.serial else []), *(t.stats() for t in self.slipmux)],
             "clock_synced": self.clock.synced(),
             "last_errors": list(self.ring.errors),
         }
@@ -635,6 +666,12 @@ class Gateway:
             values.update(recordsSent=u.records_sent, publishes=u.publishes, resends=u.resends)
         if self.security is not None:
             values.update(self.security.telemetry())
+        if self.serial is not None or self.slipmux:
+            links = [p.link for p in self.serial.ports] if self.serial is not None else []
+            links += [t.link for t in self.slipmux if isinstance(t.link, SerialLink)]
+            values.update(links_telemetry(links))
+            if self.serial is not None:
+                values.update(self.serial.line_telemetry())
         for key, reader in (
             ("rssBytes", sysinfo.rss_bytes),
             ("memAvailableBytes", sysinfo.memory_available_bytes),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.serial.config import SerialPortConfig, parse_ports
 from gateway.store.clients import ClientConfigEntry, check_client_entries
 
 ENV_PREFIX = "EDGE_GATEWAY__"
@@ -170,6 +171,12 @@ class Lwm2mSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SerialSection:
+    #: [[serial.ports]]: validated by gateway.serial.config.parse_ports (its own key paths)
+    ports: tuple[SerialPortConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     thingsboard: ThingsBoardSection = field(default_factory=ThingsBoardSection)
@@ -179,6 +186,7 @@ class Config:
     demo: DemoSection = field(default_factory=DemoSection)
     gpio: GpioSection = field(default_factory=GpioSection)
     lwm2m: Lwm2mSection = field(default_factory=Lwm2mSection)
+    serial: SerialSection = field(default_factory=SerialSection, metadata={"internal": True})
     sources: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
     def state_path(self, name: str) -> Path:
@@ -229,7 +237,17 @@ def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> C
         sources.append("environment")
     if problems:
         raise ConfigError(problems)
-    cfg = _build(Config, merged, "", problems, label=str(path) if path else "defaults")
+    label = str(path) if path else "defaults"
+    serial_table = merged.pop("serial", None)
+    cfg = _build(Config, merged, "", problems, label=label)
+    if serial_table is not None:
+        if not isinstance(serial_table, Mapping):
+            problems.append(f"{label}: serial: expected a table")
+        else:
+            problems += [f"{label}: serial.{k}: unknown key (known: ports)" for k in serial_table if k != "ports"]
+            ports, port_problems = parse_ports(serial_table.get("ports", []), label=label)
+            problems += port_problems
+            cfg = dataclasses.replace(cfg, serial=SerialSection(tuple(ports)))
     if problems:
         raise ConfigError(problems)
     assert isinstance(cfg, Config)
@@ -424,6 +442,8 @@ def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
 
 
 def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
+    if not cfg.lwm2m.enabled and any(p.protocol == "slipmux" for p in cfg.serial.ports):
+        problems.append(f"{label}: serial.ports: a slipmux (LwM2M over serial) port needs lwm2m.enabled = true")
     base_dir = Path(label).parent if cfg.sources else None  # relative key_file / cert: beside the main file
     problems.extend(check_client_entries(cfg.lwm2m.clients, label=label, base_dir=base_dir)[1])
     tb = cfg.thingsboard

@@ -12,7 +12,6 @@ from test_port_helpers import StablePath
 
 from gateway import config
 from gateway.app import Gateway
-from gateway.serial.config import parse_ports
 from gateway.serial.port import LinkState
 from gateway.serial.sensors import SerialSensorAdapter
 from gateway.sim.tbemu import ThingsBoardEmulator
@@ -34,7 +33,11 @@ class Running:
 async def running(tmp_path: Path) -> AsyncIterator[Running]:
     async with ThingsBoardEmulator() as emu:
         emu.add_device(GW, token="tok", gateway=True)
+        stable = StablePath(tmp_path / "by-id")
+        stable.plug()
         f = tmp_path / "g.toml"
+        # The port comes from the configuration file, as an operator writes it: this also tests
+        # the [[serial.ports]] wiring of config.py and app.py.
         f.write_text(f"""
 [gateway]
 state_dir = "{tmp_path / 'state'}"
@@ -46,44 +49,48 @@ token = "tok"
 trust = "always"
 [lwm2m]
 enabled = false
+
+[[serial.ports]]
+name = "boiler"
+path = "{stable.path}"
+baudrate = 9600
+device = "{SENSOR}"
+profile = "boiler"
+terminator = "\\r\\n"
+reopen_min_s = 0.01
+reopen_max_s = 0.05
+attribute_template = "CFG {{name}} {{value}}"
+[serial.ports.converter]
+type = "regex"
+pattern = 'T=(?P<t>-?[0-9]+) P=(?P<p>[0-9.]+) FW=(?P<fw>\\S+)'
+[serial.ports.converter.fields.t]
+type = "int"
+key = "temperature"
+unit = "C"
+scale = 0.1
+[serial.ports.converter.fields.p]
+type = "float"
+key = "pressure"
+unit = "bar"
+[serial.ports.converter.fields.fw]
+type = "str"
+key = "firmware"
+target = "attribute"
+[serial.ports.rpc]
+reset = "RESET"
+[serial.ports.rpc.setSetpoint]
+template = "SP {{value}}"
+reply = '^SP=(?P<setpoint>[-0-9.]+)$'
 """)
-        stable = StablePath(tmp_path / "by-id")
-        stable.plug()
-        ports, problems = parse_ports(
-            [
-                {
-                    "name": "boiler", "path": str(stable.path), "baudrate": 9600, "device": SENSOR,
-                    "profile": "boiler", "terminator": "\r\n", "reopen_min_s": 0.01, "reopen_max_s": 0.05,
-                    "converter": {
-                        "type": "regex",
-                        "pattern": r"T=(?P<t>-?[0-9]+) P=(?P<p>[0-9.]+) FW=(?P<fw>\S+)",
-                        "fields": {
-                            "t": {"type": "int", "key": "temperature", "unit": "C", "scale": 0.1},
-                            "p": {"type": "float", "key": "pressure", "unit": "bar"},
-                            "fw": {"type": "str", "key": "firmware", "target": "attribute"},
-                        },
-                    },
-                    "rpc": {
-                        "setSetpoint": {"template": "SP {value}", "reply": r"^SP=(?P<setpoint>[-0-9.]+)$"},
-                        "reset": "RESET",
-                    },
-                    "attribute_template": "CFG {name} {value}",
-                }
-            ],
-            label="test",
-        )  # fmt: skip
-        assert problems == []
         gw = Gateway(config.load(f, env={}))
         await gw.start()
-        assert gw.hub is not None and gw.session is not None
-        adapter = SerialSensorAdapter(gw.hub, ports)
+        assert gw.hub is not None and gw.session is not None and gw.serial is not None
+        adapter = gw.serial
         try:
-            await adapter.start()
             await asyncio.wait_for(gw.session.wait_for_state(SessionState.CONNECTED), 10)
             await emu.wait_for(lambda: SENSOR in emu.devices and emu.device(SENSOR).connected, timeout=10)
             yield Running(gw, emu, adapter, stable)
         finally:
-            await adapter.stop()
             await gw.stop()
             stable.close()
 
