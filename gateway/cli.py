@@ -44,7 +44,9 @@ def _load_or_exit(path: Path) -> config.Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     if args.explain:
-        print("\n".join(config.explain()))
+        from gateway.serial.config import explain as explain_serial
+
+        print("\n".join(config.explain() + explain_serial()))
         return EXIT_OK
     path = _config_path(args.file)
     try:
