@@ -302,7 +302,7 @@ class EdgeGateway(SystemUnderTest):
 
 
 TBGW_VERSION = "3.8.5"
-TBGW_FIXTURES = REPO.parent / "shared" / "fixtures" / "tbgw"
+TBGW_FIXTURES = REPO / "benchmarks" / "fixtures" / "tbgw"  # the PEER_BENCH configuration, copied from ../shared
 
 
 class ThingsBoardGateway(SystemUnderTest):

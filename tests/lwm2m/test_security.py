@@ -18,7 +18,7 @@ from gateway.lwm2m.server import LwM2mServer, Refusal, RegistrationCheck, Server
 from gateway.store.clients import ClientEntry, ClientStore
 from gateway.transport.dtls import PskPrincipal, RpkPrincipal, X509Principal
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "thingsboard"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"  # copied from ../shared/fixtures
 KEY = b"0123456789abcdef"
 SPKI = base64.b64decode(
     "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEpTcawD6Ib3uTF1qb7423Vd92uM4Sk5tcnFK+ifbuJJyF82gApCfqHYz7SZLgvM9c0J7LaIFikbtWSO/m+64Cyg=="

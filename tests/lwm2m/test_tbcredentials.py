@@ -37,8 +37,8 @@ from gateway.lwm2m.tbcredentials import (
     parse_credentials,
 )
 
-# shared/ lies beside the repository (here and in CI)
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "thingsboard"
+# copies of ../shared/fixtures/thingsboard, so that a clone runs the tests anywhere
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"  # copied from ../shared/fixtures
 
 UPSTREAM_RPK = FIXTURES / "upstream-CREDENTIALS_VALUE_LVM2M_RPK_DESCRIPTION.json"
 CREDENTIAL_FILES = [*sorted(FIXTURES.glob("credentials-*.json")), UPSTREAM_RPK]

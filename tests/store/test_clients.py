@@ -47,7 +47,7 @@ from gateway.transport.dtls import (
     X509Principal,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "thingsboard"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"  # copied from ../shared/fixtures
 KEY = bytes(range(16))
 KEY2 = bytes(range(100, 132))
 

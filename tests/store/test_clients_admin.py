@@ -34,7 +34,7 @@ from gateway.store.clients import (
     run_cli,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "thingsboard"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "thingsboard"  # copied from ../shared/fixtures
 KEY = b"a-text-psk-key-16"
 
 
