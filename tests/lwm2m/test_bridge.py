@@ -165,6 +165,19 @@ async def test_profile_choice_by_pattern_objects_and_default(server: LwM2mServer
         assert types == {"named-000000": "named", "blob-000000": "blob-holder", "plain-000000": "generic"}
 
 
+async def test_an_update_with_new_objects_sets_up_their_paths(server: LwM2mServer) -> None:
+    text = TEMPERATURE_PROFILE + '[paths."/19/0/0"]\nkey = "blob"\ntelemetry = true\nobserve = true\n'
+    async with running(server, text) as (h, fleet):
+        client = fleet.client(EP)
+        assert fleet.stats["observe"] == 2
+        client.blob = b"\x01\x02"  # the device gains object 19 and says so in an Update
+        client.update(with_objects=True)
+        await fleet.until(lambda: fleet.stats["updated"] == 1)
+        await h.bridge.idle()
+        assert fleet.stats["observe"] == 5  # the plan changed: its sequence runs again, with /19/0/0
+        await h.outbox.until(lambda: h.outbox.latest(EP).get("blob") == {"0": "0102"})
+
+
 # -- after registration ------------------------------------------------------------------------------------
 
 
