@@ -28,6 +28,7 @@ from gateway.demo import SyntheticDevices
 from gateway.hw.backend import open_backend
 from gateway.hw.button import Button
 from gateway.hw.led import StatusLed, pattern_for
+from gateway.lwm2m.bridge import BridgeConfig, LwM2mBridge, ProfileError, load_profiles
 from gateway.lwm2m.model.registry import ModelRegistry
 from gateway.lwm2m.security import SecurityBinding
 from gateway.lwm2m.server import LwM2mServer, ServerConfig
@@ -129,6 +130,7 @@ class Gateway:
         self.control = ControlServer(cfg.state_path(cfg.gateway.control_socket))
         self.demo: SyntheticDevices | None = None
         self.lwm2m: LwM2mServer | None = None
+        self.bridge: LwM2mBridge | None = None
         self.dtls: DtlsServer | None = None
         self.serial: SerialSensorAdapter | None = None
         self.slipmux: list[SlipmuxTransport] = []
@@ -246,6 +248,17 @@ class Gateway:
         if lw.models_dir:
             for problem in models.load_dir(Path(lw.models_dir)):
                 log.error("object models: %s", problem)
+        profiles_dir = self.cfg.config_path(lw.profiles_dir)
+        try:
+            profiles = load_profiles(profiles_dir, models)
+        except ProfileError as exc:
+            raise StartupError(f"LwM2M profiles: {exc.problems[0]}" + (
+                f" (and {len(exc.problems) - 1} more: edge-gateway profiles check {profiles_dir})"
+                if len(exc.problems) > 1 else "")) from None
+        log.info(
+            "LwM2M profiles: %s (default %s) from %s",
+            ", ".join(p.name for p in profiles) or "none", profiles.default.name, profiles_dir,
+        )
         self.lwm2m = LwM2mServer(
             models=models,
             config=ServerConfig(
@@ -258,10 +271,15 @@ class Gateway:
             ),
             registration_check=self.security,
         )
+        # The bridge listens from construction, so that no registration escapes it.
+        assert self.hub is not None
+        self.bridge = LwM2mBridge(self.lwm2m, self.hub, profiles, config=BridgeConfig(workers=lw.bridge_workers))
+        await self.bridge.start()
         try:
             await self.lwm2m.start((lw.bind, lw.port))
         except OSError as exc:
-            self.lwm2m = None
+            await self.bridge.stop()
+            self.lwm2m = self.bridge = None
             raise StartupError(f"LwM2M server cannot listen on [{lw.bind}]:{lw.port}: {exc.strerror or exc}") from None
         host, port = self.lwm2m.address[:2]
         log.info("LwM2M server listening on [%s]:%d (CoAP/UDP)", host, port)
@@ -506,6 +524,8 @@ class Gateway:
             self._unfollow_dtls()
         if self.lwm2m is not None:
             await self.lwm2m.stop()
+        if self.bridge is not None:  # after the server: every endpoint's disconnect is written
+            await self.bridge.stop()
         if self.clients is not None:
             self.clients.close()
         if self.outbox is not None:
@@ -572,6 +592,7 @@ class Gateway:
             "devices_online": self.hub.online if self.hub is not None else 0,
             "lwm2m_registered": len(self.lwm2m.registrations) if self.lwm2m is not None else 0,
             "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
+            "lwm2m_bridge": asdict(self.bridge.stats()) if self.bridge is not None else {},
             "lwm2m_clients": len(self.clients) if self.clients is not None else 0,
             "lwm2m_security": self.security.stats() if self.security is not None else {},
             "serial": [*(self.serial.status() if self.serial else []), *(t.stats() for t in self.slipmux)],

@@ -5,6 +5,7 @@
     edge-gateway status [--json]          uplink, queue, endpoints: asked from the running service
     edge-gateway devices [--json]         devices the running service knows
     edge-gateway clients add|remove|list  LwM2M clients' credentials (keys never echoed)
+    edge-gateway profiles import|check    LwM2M device profiles: convert ThingsBoard's JSON, validate
     edge-gateway version
 
 Output is for people by default and JSON with ``--json``. Exit codes: 0 ok, 1 error the user can
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config, control
+from gateway.lwm2m.bridge import tbprofile_import as profiles_cli
 from gateway.store import clients as clients_cli
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="file to import (default /boot/firmware/edge-gateway-provision.toml)")
     sp.add_argument("--owner", help="give the imported file to this user (the service's; needs root)")
     sp.set_defaults(fn=cmd_import_provisioning)
+    profiles_cli.add_cli(sub)
     sp = sub.add_parser(
         "simulate", help="run N simulated LwM2M clients against a server (see 'simulate --help')", add_help=False
     )

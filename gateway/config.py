@@ -152,6 +152,10 @@ class Lwm2mSection:
         False, "let endpoints that are not in the credentials store register without security (demo only)"
     )
     models_dir: str = _f("", "directory of OMA DDF XML object models to load besides the built-in ones")
+    profiles_dir: str = _f("profiles", "directory of LwM2M device profiles (*.toml; relative to the configuration "
+                           "file's directory); missing: the built-in default profile only")
+    bridge_workers: int = _f(32, "after-registration sequences (write attributes, observe, read) run at once",
+                             min=1, max=1024)
     request_timeout_s: float = _f(93.0, "deadline of a request to a device (all CoAP retransmissions)", min=1.0)
     queue_awake_s: float = _f(93.0, "how long a queue-mode device listens after it last talked", min=1.0)
     max_held_per_device: int = _f(32, "requests held for one sleeping queue-mode device", min=1)
@@ -192,6 +196,14 @@ class Config:
     def state_path(self, name: str) -> Path:
         p = Path(name)
         return p if p.is_absolute() else self.gateway.state_dir / p
+
+    def config_path(self, name: str) -> Path:
+        """``name`` relative to the directory of the main configuration file (the working directory
+        when the configuration came from the environment alone)."""
+        p = Path(name)
+        if p.is_absolute() or not self.sources or self.sources[0] == "environment":
+            return p
+        return Path(self.sources[0]).parent / p
 
     @property
     def outbox_path(self) -> Path:

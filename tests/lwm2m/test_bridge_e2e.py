@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bridge_support import profile
 
 from gateway import config
 from gateway.app import Gateway
-from gateway.lwm2m.bridge import LwM2mBridge, Profile, ProfileSet
+from gateway.lwm2m.bridge import LwM2mBridge
 from gateway.lwm2m.codec import ContentFormat
-from gateway.lwm2m.server import LwM2mServer, ServerConfig
+from gateway.lwm2m.server import LwM2mServer
 from gateway.sim.lwm2m_client import CONTENT_FORMAT, POST, URI_PATH, Fleet, uint
 from gateway.sim.tbemu import ThingsBoardEmulator
 from gateway.upstream.session import SessionState
@@ -109,8 +108,14 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def site(tmp_path: Path, profiles: list[Profile]) -> AsyncIterator[Site]:
-    """Emulator, gateway (connected to it through a :class:`Link`), LwM2M server and bridge."""
+async def site(tmp_path: Path, profiles: list[str]) -> AsyncIterator[Site]:
+    """Emulator, and the gateway as the service composes it (outbox, uplink connected to the emulator
+    through a :class:`Link`, its LwM2M server on an ephemeral port and the bridge) with ``profiles``
+    (TOML texts) in its profiles directory."""
+    profiles_dir = tmp_path / "profiles"
+    profiles_dir.mkdir()
+    for i, text in enumerate(profiles):
+        (profiles_dir / f"p{i}.toml").write_text(text)
     emu = ThingsBoardEmulator()
     emu.add_device(GW, token="tok", gateway=True)
     await emu.start()
@@ -130,24 +135,22 @@ reconnect_max_s = 1.0
 [clock]
 trust = "always"
 [lwm2m]
-enabled = false
+bind = "127.0.0.1"
+port = 0
+dtls = false
+admit_unknown_nosec = true
+request_timeout_s = 20.0
+profiles_dir = "profiles"
 [gpio]
 enabled = false
 """)
     gw = Gateway(config.load(cfg_file, env={}))
     await gw.start()
-    assert gw.hub is not None
-    server = LwM2mServer(config=ServerConfig(admit_nosec=True, request_timeout=20.0))
-    bridge = LwM2mBridge(server, gw.hub, ProfileSet(profiles))
-    await bridge.start()
-    await server.start(("127.0.0.1", 0))
     try:
-        assert gw.session is not None
+        assert gw.session is not None and gw.lwm2m is not None and gw.bridge is not None
         await asyncio.wait_for(gw.session.wait_for_state(SessionState.CONNECTED), 10)
-        yield Site(gw, server, bridge, emu, link)
+        yield Site(gw, gw.lwm2m, gw.bridge, emu, link)
     finally:
-        await server.stop()
-        await bridge.stop()
         await gw.stop()
         await link.down()
         await emu.stop()
@@ -186,7 +189,7 @@ async def node_client(server: LwM2mServer, endpoint: str) -> AsyncIterator[Any]:
 @pytest.mark.skipif(not LIBRARY.is_dir(), reason="lwm2m-node-lib is not installed: run scripts/bootstrap")
 async def test_lwm2m_node_lib_device_through_the_gateway(tmp_path: Path) -> None:
     ep = "node-e2e"
-    async with site(tmp_path, [profile(SENSOR)]) as s, node_client(s.server, ep) as client:
+    async with site(tmp_path, [SENSOR]) as s, node_client(s.server, ep) as client:
         emu = s.emu
         # the device appears with its profile's type, through the gateway
         await emu.wait_for(lambda: ep in emu.devices and emu.device(ep).connected, 10)
@@ -248,7 +251,7 @@ async def test_lwm2m_node_lib_device_through_the_gateway(tmp_path: Path) -> None
 
 
 async def test_every_rpc_method_through_the_gateway(tmp_path: Path) -> None:
-    async with site(tmp_path, [profile(SENSOR)]) as s:
+    async with site(tmp_path, [SENSOR]) as s:
         fleet = Fleet(s.server.address, 2)
         await fleet.start()
         try:
@@ -311,7 +314,7 @@ def send_sequence(client: Any, seq: int, ts: float) -> None:
 async def test_uplink_down_for_60_s_while_100_devices_report(tmp_path: Path) -> None:
     """0 records lost, per-device order and device timestamps kept, connects/disconnects replayed."""
     # nothing observed or read: the temperature values upstream are exactly those of the Sends
-    sensor = profile('after_registration = "observe_only"\n' + SENSOR.replace("observe = true", "observe = false"))
+    sensor = 'after_registration = "observe_only"\n' + SENSOR.replace("observe = true", "observe = false")
     async with site(tmp_path, [sensor]) as s:
         emu = s.emu
         early = Fleet(s.server.address, 50, prefix="sim-a-")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -443,8 +444,15 @@ def cmd_profiles_import(args: argparse.Namespace) -> int:
 
 def cmd_profiles_check(args: argparse.Namespace) -> int:
     """``edge-gateway profiles check DIR``: load every profile, print them and the choice order."""
+    directory = Path(args.directory) if args.directory else _configured_profiles_dir(args)
+    if directory is None:
+        return 1
+    if not directory.is_dir():
+        print(f"edge-gateway: {directory}: no such directory (only the built-in default profile applies)",
+              file=sys.stderr)
+        return 1
     try:
-        profiles = load_profiles(Path(args.directory))
+        profiles = load_profiles(directory)
     except ProfileError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -462,6 +470,20 @@ def cmd_profiles_check(args: argparse.Namespace) -> int:
               f"{profile.after_registration.value}; {'; '.join(rule) or 'no match rule'} ({profile.source})")
     print(f"default profile: {profiles.default.name}")
     return 0
+
+
+def _configured_profiles_dir(args: argparse.Namespace) -> Path | None:
+    """``[lwm2m] profiles_dir`` of the configuration file (``-c``, $EDGE_GATEWAY_CONFIG or the default)."""
+    from gateway import config
+
+    env = os.environ.get("EDGE_GATEWAY_CONFIG")
+    path = Path(args.config) if args.config else Path(env) if env else config.DEFAULT_PATH
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        print(f"edge-gateway: invalid configuration: {exc.one_line()}", file=sys.stderr)
+        return None
+    return cfg.config_path(cfg.lwm2m.profiles_dir)
 
 
 def _file_stem(name: str) -> str:
@@ -482,5 +504,7 @@ def add_cli(subparsers: Any) -> None:
     sp.add_argument("--force", action="store_true", help="replace an existing file")
     sp.set_defaults(fn=cmd_profiles_import)
     sp = sub.add_parser("check", help="validate a profiles directory and show the profiles")
-    sp.add_argument("directory")
+    sp.add_argument("directory", nargs="?", help="default: [lwm2m] profiles_dir of the configuration")
+    sp.add_argument("-c", "--config", help="configuration file (default /etc/edge-gateway/gateway.toml, "
+                    "or $EDGE_GATEWAY_CONFIG)")
     sp.set_defaults(fn=cmd_profiles_check)
