@@ -22,6 +22,11 @@ Command line (one process of a benchmark fleet)::
         --notify-interval 4 --duration 180
 
 prints one JSON line per ``--stats-interval`` seconds to stdout.
+
+Over serial ports instead of UDP (the Non-IP binding: CoAP in slipmux frames, one client per port,
+see :mod:`gateway.sim.serial_link`)::
+
+    python -m gateway.sim.lwm2m_client --serial /dev/ttyUSB0 --binding N --notify-interval 1
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import resource
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from gateway.lwm2m.codec import CodecError, ContentFormat, decode, decode_paths, encode, encode_timestamped
@@ -62,6 +67,8 @@ from gateway.lwm2m.node import (
 )
 from gateway.lwm2m.path import LwM2mPath, PathError
 from gateway.lwm2m.server.timers import TimerQueue
+from gateway.serial.port import ByteLink
+from gateway.sim.serial_link import SlipmuxDatagrams, serial_links
 
 # -- CoAP wire format (RFC 7252), just what a client needs ---------------------------------------------
 
@@ -321,7 +328,7 @@ class SimClient:
         "wrong_format",
     )
 
-    def __init__(self, fleet: Fleet, endpoint: str, sock: socket.socket) -> None:
+    def __init__(self, fleet: Fleet, endpoint: str, sock: socket.socket | SlipmuxDatagrams) -> None:
         self.fleet = fleet
         self.endpoint = endpoint
         self.sock = sock
@@ -1028,6 +1035,7 @@ class Fleet:
         update_interval: float | None = None,
         blob: bytes | None = None,
         bind_host: str | None = None,
+        links: Sequence[ByteLink] | None = None,
     ) -> None:
         self.server = server
         self.count = count
@@ -1043,6 +1051,9 @@ class Fleet:
         self.update_interval = update_interval
         self.blob = blob
         self.bind_host = bind_host
+        #: Serial ports instead of UDP sockets: one client per link, CoAP in slipmux frames (``count``
+        #: and ``server`` are then unused; register with ``binding="N"``): see gateway.sim.serial_link.
+        self.links = links
         self.models = ModelRegistry()
         self.model_of: ModelLookup = self.models.model_of
         self.clients: list[SimClient] = []
@@ -1068,6 +1079,14 @@ class Fleet:
         """Open every client's socket (nothing is sent yet)."""
         loop = self._loop = asyncio.get_running_loop()
         self._timers = TimerQueue(loop)
+        if self.links is not None:
+            for i, link in enumerate(self.links, self.start_index):
+                datagrams = SlipmuxDatagrams(link)
+                client = SimClient(self, f"{self.prefix}{i:06d}", datagrams)
+                self.clients.append(client)
+                self._by_endpoint[client.endpoint] = client
+                datagrams.start(client.readable)
+            return
         host, port = self.server
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
@@ -1163,10 +1182,11 @@ def _raise_open_file_limit(wanted: int) -> None:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    host, _, port = args.server.rpartition(":")
+    host, _, port = (args.server or ":0").rpartition(":")
+    links = serial_links(args.serial, baudrate=args.baudrate) if args.serial else None
     fleet = Fleet(
         (host.strip("[]"), int(port)),
-        args.count,
+        len(args.serial) if args.serial else args.count,
         prefix=args.prefix,
         lifetime=args.lifetime,
         lwm2m_version=args.lwm2m_version,
@@ -1174,9 +1194,10 @@ async def _run(args: argparse.Namespace) -> None:
         queue_mode=args.queue,
         notify_interval=None if args.wait_notify else args.notify_interval,
         confirmable_notifications=args.confirmable,
+        links=links,
     )
     await fleet.start()
-    print(json.dumps({"event": "ready", "clients": args.count}), flush=True)
+    print(json.dumps({"event": "ready", "clients": len(fleet.clients)}), flush=True)
     loop = asyncio.get_running_loop()
     if args.wait_go:  # a benchmark releases every process at once
         await loop.run_in_executor(None, sys.stdin.readline)
@@ -1206,7 +1227,12 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Simulate a fleet of NoSec LwM2M clients (objects 1, 3, 3303).")
-    parser.add_argument("--server", required=True, help="host:port of the LwM2M server")
+    parser.add_argument("--server", help="host:port of the LwM2M server (CoAP/UDP)")
+    parser.add_argument(
+        "--serial", action="append", default=[], metavar="PORT",
+        help="instead of --server: one client per serial port, CoAP in slipmux frames (repeatable; use --binding N)",
+    )  # fmt: skip
+    parser.add_argument("--baudrate", type=int, default=115200, help="line speed of the --serial ports")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--prefix", default="sim-", help="endpoint names are PREFIX000000, PREFIX000001, ...")
     parser.add_argument("--lifetime", type=int, default=300)
@@ -1228,6 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
         "--wait-notify", action="store_true", help="start notifying only after a (further) line on stdin"
     )
     args = parser.parse_args(argv)
+    if not args.server and not args.serial:
+        parser.error("one of --server or --serial is required")
     _raise_open_file_limit(args.count + 64)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(args))
