@@ -108,10 +108,10 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def site(tmp_path: Path, profiles: list[str]) -> AsyncIterator[Site]:
+async def site(tmp_path: Path, profiles: list[str], extra_config: str = "") -> AsyncIterator[Site]:
     """Emulator, and the gateway as the service composes it (outbox, uplink connected to the emulator
     through a :class:`Link`, its LwM2M server on an ephemeral port and the bridge) with ``profiles``
-    (TOML texts) in its profiles directory."""
+    (TOML texts) in its profiles directory; ``extra_config`` is appended to its configuration file."""
     profiles_dir = tmp_path / "profiles"
     profiles_dir.mkdir()
     for i, text in enumerate(profiles):
@@ -143,7 +143,7 @@ request_timeout_s = 20.0
 profiles_dir = "profiles"
 [gpio]
 enabled = false
-""")
+{extra_config}""")
     gw = Gateway(config.load(cfg_file, env={}))
     await gw.start()
     try:
