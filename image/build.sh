@@ -324,7 +324,7 @@ stage_gateway() {
 		-r /var/tmp/edge-gateway-wheels/requirements.txt "/var/tmp/edge-gateway-wheels/$(basename "$GATEWAY_WHEEL")"
 	rm -rf "$w"
 	# The same check the service's ExecStartPre= runs, and the imports it needs at run time.
-	in_target /opt/edge-gateway/bin/python -c 'import gateway, aiocoap, paho.mqtt, serial, cbor2, systemd.journal'
+	in_target /opt/edge-gateway/bin/python -c 'import gateway, aiocoap, paho.mqtt, serial, cbor2, systemd.journal, gpiod'
 	STAGE_NOTE="$(ls "$ROOT/opt/edge-gateway/lib/python$TARGET_PY/site-packages" | sed -n 's/\.dist-info$//p' | paste -sd' ' -)"
 }
 
