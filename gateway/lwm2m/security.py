@@ -88,6 +88,7 @@ class Decision:
 
 
 ALLOW: Final = Decision(True)
+_ALLOW_PENDING: Final = Decision(True, detail="generated credentials confirmed")
 
 
 class ClientDirectory(Protocol):
@@ -134,11 +135,25 @@ class SecurityBinding:
         decision = self._decide(endpoint, claims)
         if decision.allowed:
             self.allowed += 1
+            if decision is _ALLOW_PENDING:
+                self._confirm_pending(endpoint)
             return decision
         assert decision.reason is not None and decision.code is not None
         self.refusals[decision.reason] += 1
         self._log.refused(endpoint, peer, operation, decision)
         return decision
+
+    def _confirm_pending(self, endpoint: str) -> None:
+        # the device authenticated with credentials the bootstrap server generated and wrote, and the
+        # gateway had not yet committed (a crash between the Write and the Finish): they are its now
+        commit = getattr(self.clients, "commit_pending", None)
+        if commit is None:
+            return
+        try:
+            commit(endpoint)
+            log.info("%s: generated credentials confirmed by the device's first use", endpoint)
+        except Exception as exc:  # still pending (and accepted): confirmed on the next Register
+            log.error("%s: cannot commit the generated credentials: %s", endpoint, exc)
 
     def _decide(self, endpoint: str, claims: Sequence[object]) -> Decision:
         entry = self.clients.get(endpoint)
@@ -170,6 +185,10 @@ class SecurityBinding:
                     f"{principal}: {getattr(principal, 'chain_error', '') or 'chain not verified'}",
                 )
             return ALLOW
+        pending = getattr(self.clients, "pending", None)
+        candidate = pending(endpoint) if pending is not None else None
+        if candidate is not None and candidate.matches(principal):
+            return _ALLOW_PENDING
         owner = self.clients.entry_for(principal)
         if owner is None:
             return _refuse(
