@@ -1,6 +1,6 @@
 """The button: a short press shows the status and reconnects; holding it is a factory reset.
 
-Edges come from the backend (RPi.GPIO calls from its own thread) and are handed to the loop. A
+Edges come from the backend (libgpiod's or RPi.GPIO's thread) and are handed to the loop. A
 change counts only once the level has stayed the same for ``debounce_s`` after the last edge
 (contact bounce). Holding the button ``hold_s`` (10 s) calls ``on_long`` while it is still held, so
 the LED can acknowledge at once; releasing it earlier calls ``on_short``. A button already held

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from appliance_helpers import run_virtual
 
-from gateway.hw.backend import FakeBackend, NullBackend, RpiGpioBackend, is_raspberry_pi, open_backend
+from gateway.hw.backend import (
+    FakeBackend,
+    LibgpiodBackend,
+    NullBackend,
+    RpiGpioBackend,
+    is_raspberry_pi,
+    open_backend,
+)
 from gateway.hw.button import Button
 from gateway.hw.led import PATTERNS, Blink, LedPattern, StatusLed, pattern_for
 from gateway.upstream.provisioning import Phase
@@ -292,7 +299,7 @@ def test_backend_choice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
         assert isinstance(open_backend(True, is_pi=lambda: True, factory=no_module), NullBackend)
     assert "GPIO unavailable (ImportError: No module named 'RPi')" in caplog.text
     # on this (non-Pi) machine the real thing degrades to the null backend whatever happens
-    assert isinstance(open_backend(True, is_pi=lambda: True), (RpiGpioBackend, NullBackend))
+    assert isinstance(open_backend(True, is_pi=lambda: True), (LibgpiodBackend, RpiGpioBackend, NullBackend))
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.5\x00")
     assert is_raspberry_pi((tmp_path / "absent", model))
