@@ -138,6 +138,7 @@ class BootstrapSimClient(SimClient):
         "bs_security",
         "bs_server",
         "ignore_finish",
+        "on_finish",
         "on_write",
         "security_mode",
         "server_uri",
@@ -152,6 +153,7 @@ class BootstrapSimClient(SimClient):
         self.write_error: int | None = None
         self.ignore_finish = False
         self.on_write: Callable[[BootstrapSimClient, LwM2mPath], None] | None = None
+        self.on_finish: Callable[[BootstrapSimClient], None] | None = None
         self.bootstrap_credentials: Credentials | None = None
         self.security_mode: int | None = None
         self.server_uri: str | None = None
@@ -241,6 +243,8 @@ class BootstrapSimClient(SimClient):
         return CHANGED, [], b""
 
     def _finish(self) -> tuple[int, list[Option], bytes]:
+        if self.on_finish is not None:
+            self.on_finish(self)
         if self.server_account() is None:
             self.fleet.stats["bootstrap_inconsistent"] += 1
             return NOT_ACCEPTABLE, [], b"no LwM2M server account"
@@ -264,11 +268,16 @@ class BootstrapSimClient(SimClient):
 
     # -- between the servers ----------------------------------------------------------------------------
 
+    def rebootstrap(self) -> None:
+        self._rebootstrap()
+
     def _rebootstrap(self) -> None:
-        """Bootstrap-Request Trigger executed: back to the bootstrap server, as after a factory reset."""
+        """Bootstrap-Request Trigger executed (or a bootstrap that never finished): back to the
+        bootstrap server, on a new link."""
         fleet = self.bootstrap_fleet
-        self.registered = False
-        fleet.registered -= 1
+        if self.registered:
+            self.registered = False
+            fleet.registered -= 1
         fleet.timers.cancel(self.update_timer)
         self.update_timer = None
         host, port = fleet.server
