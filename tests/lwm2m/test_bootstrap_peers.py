@@ -91,9 +91,8 @@ class LwM2mDevice(interfaces.Resource):  # type: ignore[misc]
             return Message(code=Code.DELETED)
         if request.code == Code.GET:
             return Message(code=Code.CONTENT, payload=b'</>;lwm2m=1.1,</0/0>', content_format=40)
-        if request.code == Code.POST and path == ("bs",):
-            if not self.finished.done():
-                self.finished.set_result(None)
+        if request.code == Code.POST and path == ("bs",) and not self.finished.done():
+            self.finished.set_result(None)
         return Message(code=Code.CHANGED)
 
     async def render_to_pipe(self, pipe: Any) -> None:
