@@ -8,7 +8,8 @@
     edge-gateway profiles import|check    LwM2M device profiles: convert ThingsBoard's JSON, validate
     edge-gateway version
 
-Output is for people by default and JSON with ``--json``. Exit codes: 0 ok, 1 error the user can
+Output is for people by default and JSON with ``--json``. Anything that takes longer than a second
+shows its progress on stderr (gateway/progress.py). Exit codes: 0 ok, 1 error the user can
 fix (the message says how), 2 usage, 3 the service is not running.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from gateway import __version__, config, control
 from gateway.lwm2m.bridge import tbprofile_import as profiles_cli
+from gateway.progress import Progress
 from gateway.store import clients as clients_cli
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -52,7 +54,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     path = _config_path(args.file)
     try:
-        cfg = config.load(path)
+        with Progress(f"checking {path}"):
+            cfg = config.load(path)
     except config.ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
@@ -75,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _ask(cfg: config.Config, cmd: str) -> Any:
     sock = cfg.state_path(cfg.gateway.control_socket)
     try:
-        return control.ask(sock, cmd)
+        with Progress(f"asking the service ({cmd})"):
+            return control.ask(sock, cmd)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except PermissionError:
@@ -162,7 +166,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     try:
         if args.force:
             print("edge-gateway: forgetting the stored credentials and provisioning again ...", file=sys.stderr)
-        result = control.ask(sock, "provision", timeout=60.0, force=bool(args.force))
+        with Progress("provisioning" if args.force else "asking the service (provision)"):
+            result = control.ask(sock, "provision", timeout=60.0, force=bool(args.force))
     except (FileNotFoundError, ConnectionRefusedError):
         print("edge-gateway: the service is not running; it provisions itself when it starts", file=sys.stderr)
         return EXIT_NOT_RUNNING
