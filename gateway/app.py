@@ -28,6 +28,8 @@ from gateway.demo import SyntheticDevices
 from gateway.hw.backend import open_backend
 from gateway.hw.button import Button
 from gateway.hw.led import StatusLed, pattern_for
+from gateway.lwm2m.bootstrap import BootstrapServer, BootstrapSettings, BootstrapStore, parse_config
+from gateway.lwm2m.bootstrap import cli as bootstrap_cli
 from gateway.lwm2m.bridge import BridgeConfig, LwM2mBridge, ProfileError, load_profiles
 from gateway.lwm2m.model.registry import ModelRegistry
 from gateway.lwm2m.security import SecurityBinding
@@ -41,6 +43,7 @@ from gateway.store.clients import (
     RPC_METHOD,
     ClientStore,
     ClientStoreError,
+    Source,
     check_client_entries,
     control_commands,
     follow_dtls,
@@ -135,6 +138,8 @@ class Gateway:
         self.serial: SerialSensorAdapter | None = None
         self.slipmux: list[SlipmuxTransport] = []
         self.dtls_transport: DtlsTransport | None = None
+        self.bootstrap: BootstrapServer | None = None
+        self.bootstrap_store: BootstrapStore | None = None
         self._unfollow_dtls: Any = None
         self.clients: ClientStore | None = None
         self.security: SecurityBinding | None = None
@@ -201,6 +206,8 @@ class Gateway:
 
         if cfg.lwm2m.enabled:
             await self._start_lwm2m()
+            if cfg.lwm2m.bootstrap.enabled:
+                await self._start_bootstrap()
 
         self.control.command("status", self._cmd_status)
         self.control.command("devices", self._cmd_devices)
@@ -320,6 +327,42 @@ class Gateway:
         modes = "PSK" + (", RPK" if rpk else "") + (", X.509" if x509 else "")
         log.info("LwM2M server listening on [%s]:%d (CoAP/DTLS: %s)", lw.bind, self.dtls_transport.port, modes)
 
+    async def _start_bootstrap(self) -> None:
+        """The LwM2M bootstrap server on its own ports ([lwm2m.bootstrap]); it writes generated
+        credentials into the clients store the LwM2M server's DTLS and binding use."""
+        assert self.lwm2m is not None and self.clients is not None
+        lw, bs = self.cfg.lwm2m, self.cfg.lwm2m.bootstrap
+        try:
+            store = BootstrapStore.open(self.cfg.state_path(bs.db))
+            store.sync_config([parse_config(c, source=Source.CONFIG) for c in bs.configs])
+        except (ClientStoreError, ValueError) as exc:  # (config.load has reported every problem)
+            raise StartupError(f"bootstrap: {exc}") from None
+        self.bootstrap_store = store
+        clients = self.clients
+        store.set_server_credentials(rpk=clients.server_rpk, x509=clients.server_x509, trust=clients.trust)
+        dtls_port = self.dtls_transport.port if self.dtls_transport is not None else lw.dtls_port
+        settings = BootstrapSettings(
+            server_host=bs.server_host, lwm2m_port=self.lwm2m.address[1], lwm2m_dtls_port=dtls_port,
+            request_timeout=bs.request_timeout_s, retries=bs.retries, max_active=bs.max_active,
+            receive_buffer=lw.receive_buffer,
+        )
+        self.bootstrap = BootstrapServer(store, self.clients, settings)
+        try:
+            port = await self.bootstrap.start((bs.bind, bs.port))
+            secure = await self.bootstrap.start_dtls((bs.bind, bs.dtls_port), DtlsServer(store)) if bs.dtls else None
+        except (OSError, GnuTLSError, GnuTLSUnavailable) as exc:
+            raise StartupError(f"LwM2M bootstrap server cannot listen on [{bs.bind}]: {exc}") from None
+        for name, fn in bootstrap_cli.control_commands(store, lambda: self.lwm2m).items():
+            self.control.command(name, fn)
+        self._register_bootstrap_rpcs()
+        log.info("LwM2M bootstrap server listening on [%s]:%d (NoSec)%s; %d configurations", bs.bind, port,
+                 f" and :{secure} (DTLS)" if secure else "", len(store.configs()))
+
+    def _register_bootstrap_rpcs(self) -> None:
+        if self.downlink is not None and self.bootstrap_store is not None:
+            for method, handler in bootstrap_cli.rpc_handlers(self.bootstrap_store, lambda: self.lwm2m).items():
+                self.downlink.register_method(method, handler)
+
     async def _start_serial(self) -> None:
         """Plain line sensors through their adapter; LwM2M-over-serial ports as LwM2M transports."""
         assert self.hub is not None
@@ -362,6 +405,7 @@ class Gateway:
             self.downlink.register_method(RPC_METHOD, rpc_handler(self.clients))
         self.downlink.register_method("reprovision", self._rpc_reprovision)
         self.downlink.register_method("restart", self._rpc_restart)
+        self._register_bootstrap_rpcs()
         self.downlink.add_gateway_attributes_listener(self._on_gateway_attributes)
         self.session.add_state_listener(self._on_session_state)
         self.session.start()
@@ -520,6 +564,10 @@ class Gateway:
         if self.serial is not None:
             await self.serial.stop()
         await self.control.close()
+        if self.bootstrap is not None:
+            await self.bootstrap.stop()
+        if self.bootstrap_store is not None:
+            self.bootstrap_store.close()
         if self._unfollow_dtls is not None:
             self._unfollow_dtls()
         if self.lwm2m is not None:

@@ -5,6 +5,7 @@
     edge-gateway status [--json]          uplink, queue, endpoints: asked from the running service
     edge-gateway devices [--json]         devices the running service knows
     edge-gateway clients add|remove|list  LwM2M clients' credentials (keys never echoed)
+    edge-gateway bootstrap list|show|add|remove|trigger  LwM2M bootstrap configurations, last bootstraps
     edge-gateway profiles import|check    LwM2M device profiles: convert ThingsBoard's JSON, validate
     edge-gateway version
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__, config, control
+from gateway.lwm2m.bootstrap import cli as bootstrap_cli
 from gateway.lwm2m.bridge import tbprofile_import as profiles_cli
 from gateway.progress import Progress
 from gateway.store import clients as clients_cli
@@ -160,6 +162,15 @@ def cmd_clients(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(_config_path(args.config))
+    return bootstrap_cli.run_cli(
+        args,
+        db_path=cfg.state_path(cfg.lwm2m.bootstrap.db),
+        control_socket=cfg.state_path(cfg.gateway.control_socket),
+    )
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(_config_path(args.config))
     sock = cfg.state_path(cfg.gateway.control_socket)
@@ -228,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp, config_help=f"configuration file (default {config.DEFAULT_PATH}, or $EDGE_GATEWAY_CONFIG)"
     )
     sp.set_defaults(fn=cmd_clients)
+    sp = sub.add_parser("bootstrap", help="LwM2M bootstrap: configurations, last bootstraps, trigger (no secrets)")
+    bootstrap_cli.configure_cli(
+        sp, config_help=f"configuration file (default {config.DEFAULT_PATH}, or $EDGE_GATEWAY_CONFIG)"
+    )
+    sp.set_defaults(fn=cmd_bootstrap)
     sp = with_config(sub.add_parser("provision", help="provisioning state; --force forgets credentials"))
     sp.add_argument("--force", action="store_true", help="forget the stored credentials and provision again")
     sp.add_argument("--json", action="store_true")

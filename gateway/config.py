@@ -144,6 +144,31 @@ class GpioSection:
 
 
 @dataclass(frozen=True, slots=True)
+class Lwm2mBootstrapSection:
+    enabled: bool = _f(False, "run the LwM2M bootstrap server (its own ports; devices learn which LwM2M server "
+                       "to use and with which credentials)")
+    bind: str = _f("::", "address the bootstrap server listens on")
+    port: int = _f(5783, "CoAP/UDP port of the bootstrap server (NoSec; 5783/5784 as the Leshan "
+                   "sandbox's bootstrap server; ThingsBoard uses 5687/5688)", min=0, max=65535)
+    dtls: bool = _f(True, "serve bootstrap over DTLS (PSK, RPK, X.509) too; the server's key, certificate and "
+                    "trust store are lwm2m.server_key_file, server_cert_file and trust_ca_*")
+    dtls_port: int = _f(5784, "CoAP/DTLS port of the bootstrap server", min=0, max=65535)
+    server_host: str = _f("", "host written into the LwM2M server URIs sent to devices; empty: this gateway's "
+                          "primary address")
+    db: str = _f("bootstrap.sqlite3", "bootstrap configurations and the last bootstrap of each endpoint "
+                 "(relative to gateway.state_dir)")
+    request_timeout_s: float = _f(30.0, "deadline of one bootstrap request to a device (all CoAP "
+                                  "retransmissions); a device that never answers Bootstrap-Finish fails after it",
+                                  min=1.0)
+    retries: int = _f(1, "a request answered 5.xx or not at all is sent again this many times", min=0, max=10)
+    max_active: int = _f(2000, "bootstraps in progress at once; more are answered 5.03", min=1)
+    configs: list[dict[str, Any]] = _f(  # noqa: RUF009
+        [], "[[lwm2m.bootstrap.configs]] tables in ThingsBoard's bootstrap JSON shape: endpoint or pattern, "
+        "bootstrap = {bootstrapServer, lwm2mServer}, servers"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Lwm2mSection:
     enabled: bool = _f(True, "run the LwM2M server")
     bind: str = _f("::", "address the LwM2M server listens on (\"::\" also takes IPv4)")
@@ -172,6 +197,7 @@ class Lwm2mSection:
     clients: list[ClientConfigEntry] = _f(  # noqa: RUF009
         [], "[[lwm2m.clients]] tables: endpoint, mode, identity, key or key_file, public_key, cert, cn"
     )
+    bootstrap: Lwm2mBootstrapSection = field(default_factory=Lwm2mBootstrapSection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +440,8 @@ def _convert(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[bool, Any]:
         return (value is None, None)
     if tp is bool:
         return (isinstance(value, bool), value)
+    if origin is dict:  # a free-form table (checked by its owner, e.g. bootstrap configurations)
+        return (isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else None)
     if tp is int:
         if isinstance(value, str) and meta.get("size"):
             try:
@@ -458,6 +486,7 @@ def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
         problems.append(f"{label}: serial.ports: a slipmux (LwM2M over serial) port needs lwm2m.enabled = true")
     base_dir = Path(label).parent if cfg.sources else None  # relative key_file / cert: beside the main file
     problems.extend(check_client_entries(cfg.lwm2m.clients, label=label, base_dir=base_dir)[1])
+    problems.extend(bootstrap_config_problems(cfg.lwm2m.bootstrap.configs, label))
     tb = cfg.thingsboard
     if tb.credentials == "access_token" and not tb.token:
         problems.append(
@@ -475,6 +504,25 @@ def _check_consistency(cfg: Config, problems: list[str], label: str) -> None:
             f"{label}: thingsboard.tls: must be true when provisioning.credentials_type = \"X509_CERTIFICATE\" "
             "(a client certificate needs ThingsBoard's TLS port, usually 8883)"
         )
+
+
+def bootstrap_config_problems(configs: list[dict[str, Any]], label: str) -> list[str]:
+    """``[[lwm2m.bootstrap.configs]]``: each must parse (gateway.lwm2m.bootstrap.config), names unique."""
+    from gateway.lwm2m.bootstrap.config import parse_config
+    from gateway.lwm2m.tbcredentials import CredentialsFormatError
+
+    problems, seen = [], set()
+    for i, obj in enumerate(configs):
+        where = f"lwm2m.bootstrap.configs[{i}]"
+        try:
+            c = parse_config(obj, where=where)
+        except CredentialsFormatError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        if (c.name, c.is_pattern) in seen:
+            problems.append(f"{label}: {where}: {c.name!r} is configured twice")
+        seen.add((c.name, c.is_pattern))
+    return problems
 
 
 def explain(cls: Any = Config, prefix: str = "") -> list[str]:

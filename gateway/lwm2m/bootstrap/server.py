@@ -152,6 +152,8 @@ class BootstrapServer:
         self._timers: TimerQueue | None = None
         self._exchanges: Exchanges | None = None
         self._transports: list[tuple[LwM2mMessageManager, Any]] = []
+        #: The bound ports: "coap" and "coaps".
+        self.ports: dict[str, int] = {}
         #: Called with (endpoint, result, detail) after each bootstrap ends (tests, the operator view).
         self.listeners: list[Callable[[str, Result, str], None]] = []
         self.counters: dict[str, int] = {"requests": 0, "refused": 0, "succeeded": 0, "failed": 0, "packs": 0}
@@ -181,7 +183,8 @@ class BootstrapServer:
             return await UdpTransport.create(mman, log, loop, bind=bind, receive_buffer=size)
 
         transport = await self.add_transport(udp)
-        return int(transport.port)
+        self.ports["coap"] = int(transport.port)
+        return self.ports["coap"]
 
     async def start_dtls(self, bind: tuple[str, int], dtls: Any) -> int:
         """Serve bootstrap over CoAP/DTLS with ``dtls`` (a DtlsServer on this store); returns the port."""
@@ -196,7 +199,8 @@ class BootstrapServer:
             )
 
         transport = await self.add_transport(factory)
-        return int(transport.port)
+        self.ports["coaps"] = int(transport.port)
+        return self.ports["coaps"]
 
     async def stop(self) -> None:
         if self._context is None:
