@@ -110,7 +110,11 @@ cleanup() {
 		mv "$ROOT" "$OUT/rootfs"
 	fi
 	remove_tree "$WORK"
-	if [ $rc -ne 0 ]; then log "failed (exit $rc)"; fi
+	if [ $rc -ne 0 ]; then
+		# no partial image, checksum or bmap that could be taken for a finished one
+		rm -f "$OUT/$NAME".img*
+		log "failed (exit $rc)"
+	fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM

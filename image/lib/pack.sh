@@ -52,7 +52,10 @@ else
 fi
 
 work=$(mktemp -d "$(dirname "$img")/.pack.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# On failure or a signal, nothing is left behind: neither the work directory nor a partial image.
+trap 'rc=$?; rm -rf "$work"; if [ $rc -ne 0 ]; then rm -f "$img"; fi' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # The root file system: what the tree takes on disk (4 KiB blocks, as in ext4), a quarter more for
 # metadata and inodes, and some spare room (first boot grows it to the card anyway).
