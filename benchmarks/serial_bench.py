@@ -396,8 +396,9 @@ async def run_lines(args: argparse.Namespace) -> dict[str, Any]:
     ports, problems = parse_ports(tables)
     assert not problems, problems
     with tempfile.TemporaryDirectory() as tmp:
-        outbox = await Outbox.open(Path(tmp) / "outbox.sqlite3", clock=Clock(sync_marker=None, trust="always"))
-        adapter = SerialSensorAdapter(DeviceHub(outbox), ports)
+        clock = Clock(sync_marker=None, trust="always")
+        outbox = await Outbox.open(Path(tmp) / "outbox.sqlite3", clock=clock)
+        adapter = SerialSensorAdapter(DeviceHub(outbox), ports, clock=clock)
         await adapter.start()
         proc = start_devices(args, masters)
 

@@ -369,7 +369,7 @@ class Gateway:
         ports = self.cfg.serial.ports
         lines = [p for p in ports if p.protocol == "lines"]
         if lines:
-            self.serial = SerialSensorAdapter(self.hub, lines)
+            self.serial = SerialSensorAdapter(self.hub, lines, clock=self.clock)
             await self.serial.start()
         loop = asyncio.get_running_loop()
         for p in (p for p in ports if p.protocol == "slipmux"):

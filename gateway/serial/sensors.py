@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gateway.core.clock import Clock
 from gateway.core.hub import DeviceHub, RpcError
 from gateway.logs import RateLimited
 from gateway.serial.config import SerialPortConfig
@@ -44,6 +45,8 @@ log = logging.getLogger("gateway.serial.sensors")
 
 #: Lines kept while the device is being connected in the hub (normally none or a few).
 MAX_EARLY_LINES: Final = 256
+#: How far ahead of the clock a port's line stamps may run to stay distinct (see SensorPort._stamps).
+MAX_STAMP_LEAD_MS: Final = 1000
 _EXCERPT: Final = 48
 
 
@@ -76,6 +79,11 @@ class LineSplitter:
         """Forget a partial line (after the port was reopened)."""
         self._buffer = b""
         self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes received after the last complete line (the start of the next one)."""
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer + data if self._buffer else data
@@ -144,7 +152,8 @@ class SensorPort:
             reopen_max_s=config.reopen_max_s,
         )
         self.ready = False  # connected in the hub: lines go out as telemetry
-        self._early: list[bytes] = []
+        self._last_ts = 0  # the last stamp given to a line (ms): stamps only go up
+        self._early: list[tuple[bytes, int | None]] = []  # lines (and stamps) before the connect
         self._reply: tuple[re.Pattern[str], asyncio.Future[dict[str, Any]]] | None = None
         self._rpc_turn = asyncio.Lock()
         self._chain: asyncio.Future[None] | None = None  # the last connect/disconnect step
@@ -172,10 +181,66 @@ class SensorPort:
             self._then(self._disconnect)
 
     def _data(self, data: bytes) -> None:
-        for line in self.splitter.feed(data):
-            self._line(line)
+        lines = self.splitter.feed(data)
+        if not lines:
+            return
+        stamps = self._stamps(lines)
+        if self._reply is not None or not self.ready:
+            for line, ts_ms in zip(lines, stamps, strict=True):
+                self._line(line, ts_ms)
+            return
+        # The busy case, one read of a streaming port holding many lines: straight through.
+        convert = self._convert
+        report = self._report
+        for line, ts_ms in zip(lines, stamps, strict=True):
+            reading = convert(line)
+            if reading is not None:
+                self.lines += 1
+                report(reading, ts_ms)
 
-    def _line(self, line: bytes) -> None:
+    def _convert(self, line: bytes) -> Reading | None:
+        """The reading in ``line``; None for a bad line (counted and logged) or a blank one."""
+        try:
+            return self.converter.convert(line)
+        except ConversionError as exc:
+            if line.strip():  # a blank line is no bad line
+                self._bad(line, exc.reason)
+        except Exception as exc:  # a converter bug must not stop the port
+            self._bad(line, f"converter failed: {exc!r}")
+        return None
+
+    def _stamps(self, lines: list[bytes]) -> list[int | None]:
+        """When each line of one read arrived, in ms of the gateway's clock (None while it is not
+        trusted: the outbox then stamps the records itself).
+
+        A streaming port is read in batches (every 50 ms at 115200 baud), so one read holds many
+        lines; stamped on arrival in the outbox they would all share one millisecond, and
+        ThingsBoard keeps one value per key and timestamp. Each line is dated back by the line
+        time of the bytes that came after it, and stamps only go up (by 1 ms at least) per port:
+        up to :data:`MAX_STAMP_LEAD_MS` ahead of the clock when lines come faster than one per ms.
+        """
+        clock = self.adapter.clock
+        now = clock.now_ms() if clock is not None else None
+        if now is None:
+            return [None] * len(lines)
+        ms_per_byte = 1000.0 / self.link.bytes_per_second
+        overhead = len(self.splitter.terminator)
+        after = self.splitter.pending
+        stamps: list[int | None] = [None] * len(lines)
+        for i in range(len(lines) - 1, -1, -1):
+            stamps[i] = now - int(after * ms_per_byte)
+            after += len(lines[i]) + overhead
+        last = self._last_ts
+        limit = now + MAX_STAMP_LEAD_MS
+        for i, ts in enumerate(stamps):
+            assert ts is not None
+            if ts <= last < limit:
+                ts = last + 1
+            stamps[i] = last = ts
+        self._last_ts = last
+        return stamps
+
+    def _line(self, line: bytes, ts_ms: int | None = None) -> None:
         if not line.strip():
             return
         reply = self._reply
@@ -188,20 +253,14 @@ class SensorPort:
                 return
         if not self.ready:
             if len(self._early) < MAX_EARLY_LINES:
-                self._early.append(line)
+                self._early.append((line, ts_ms))
             else:
                 self.early_dropped += 1
             return
-        try:
-            reading = self.converter.convert(line)
-        except ConversionError as exc:
-            self._bad(line, exc.reason)
-            return
-        except Exception as exc:  # a converter bug must not stop the port
-            self._bad(line, f"converter failed: {exc!r}")
-            return
-        self.lines += 1
-        self._report(reading)
+        reading = self._convert(line)
+        if reading is not None:
+            self.lines += 1
+            self._report(reading, ts_ms)
 
     def _bad(self, line: bytes, reason: str) -> None:
         self.bad_lines += 1
@@ -212,11 +271,14 @@ class SensorPort:
             self.name, self.device, _excerpt(line), reason, extra={"port": self.name, "device": self.device},
         )  # fmt: skip
 
-    def _report(self, reading: Reading) -> None:
+    def _report(self, reading: Reading, ts_ms: int | None = None) -> None:
+        """Queue what a line said; ``ts_ms``: when the line arrived (the device's own time wins)."""
         hub = self.adapter.hub
         if reading.telemetry:
             try:
-                future = hub.telemetry_nowait(self.device, reading.telemetry, reading.ts_ms)
+                future = hub.telemetry_nowait(
+                    self.device, reading.telemetry, ts_ms if reading.ts_ms is None else reading.ts_ms
+                )
             except Exception as exc:  # the outbox is closed or full
                 self._not_queued(exc)
             else:
@@ -282,8 +344,8 @@ class SensorPort:
             return
         self.ready = True
         early, self._early = self._early, []
-        for line in early:
-            self._line(line)
+        for line, ts_ms in early:
+            self._line(line, ts_ms)
 
     async def _disconnect(self) -> None:
         # attributes of the closing connection go first
@@ -386,8 +448,11 @@ class SerialSensorAdapter:
 
     name = "serial"
 
-    def __init__(self, hub: DeviceHub, ports: Sequence[SerialPortConfig]) -> None:
+    def __init__(self, hub: DeviceHub, ports: Sequence[SerialPortConfig], *, clock: Clock | None = None) -> None:
         self.hub = hub
+        #: The gateway's clock: lines are stamped on arrival with it (without one, or while it is not
+        #: trusted, the outbox stamps them, and lines of one read may share a millisecond).
+        self.clock = clock
         self.complaints = RateLimited(log)
         self.ports = [SensorPort(self, config) for config in ports if config.protocol == "lines"]
         self._by_device = {port.device: port for port in self.ports}

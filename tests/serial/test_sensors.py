@@ -93,8 +93,9 @@ class Records:
 
 
 class Bench:
-    def __init__(self, outbox: Outbox, tmp_path: Path) -> None:
+    def __init__(self, outbox: Outbox, tmp_path: Path, clock: Clock) -> None:
         self.outbox = outbox
+        self.clock = clock
         self.hub = DeviceHub(outbox)
         self.records = Records(outbox)
         self.tmp_path = tmp_path
@@ -112,7 +113,7 @@ class Bench:
         return s
 
     async def adapter(self, *tables: dict[str, Any]) -> SerialSensorAdapter:
-        adapter = SerialSensorAdapter(self.hub, ports(*tables))
+        adapter = SerialSensorAdapter(self.hub, ports(*tables), clock=self.clock)
         self.adapters.append(adapter)
         await adapter.start()
         return adapter
@@ -128,7 +129,7 @@ def ports(*tables: dict[str, Any]) -> list[SerialPortConfig]:
 async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     clock = Clock(sync_marker=None, trust="always")
     outbox = await Outbox.open(tmp_path / "outbox.sqlite3", clock=clock, commit_interval=0.002)
-    b = Bench(outbox, tmp_path)
+    b = Bench(outbox, tmp_path, clock)
     try:
         yield b
     finally:
@@ -194,6 +195,62 @@ async def test_each_converter_with_good_and_bad_lines(bench: Bench, caplog: pyte
     # rate-limited: one warning per port, not one per bad line
     warned = [m for m in caplog.messages if "bad line" in m]
     assert len(warned) == 3 and "bad line '{\"temp\": ': invalid JSON" in warned[0]
+
+
+async def test_lines_of_one_read_get_distinct_rising_arrival_stamps(bench: Bench) -> None:
+    """A streaming port is read in batches: the lines of one read must not share a timestamp (ThingsBoard
+    keeps one value per key and millisecond). Each is dated back by the line time of what followed it."""
+    peer = bench.peer()
+    await bench.adapter({"name": "p", "path": peer.path, "device": "fast-1", "baudrate": 9600,
+                         "converter": {"type": "kv", "ts_key": "ts"}})  # fmt: skip
+    await bench.records.until(lambda: RecordKind.CONNECT in bench.records.kinds("fast-1"))
+    before = int(time.time() * 1000)
+    peer.write(b"".join(b"seq=%d\n" % i for i in range(40)))  # 40 lines at once, 7 bytes each
+    peer.write(b"seq=40,ts=%d\n" % (before - 5000))  # the device's own time wins
+    await bench.records.until(lambda: len(bench.records.of(RecordKind.TELEMETRY, "fast-1")) == 41)
+    after = int(time.time() * 1000)
+    records = [r for r in bench.records.seen if r.device == "fast-1" and r.kind is RecordKind.TELEMETRY]
+    assert [json.loads(r.body)["seq"] for r in records] == list(range(41))
+    stamps = [r.ts_ms or 0 for r in records[:40]]
+    assert all(r.ts_ms is not None for r in records)
+    assert stamps == sorted(stamps) and len(set(stamps)) == 40  # distinct and rising
+    assert before - 1000 <= stamps[0] and stamps[-1] <= after + 1000
+    assert records[40].ts_ms == before - 5000
+
+
+def test_stamps_date_each_line_back_by_the_line_time_after_it() -> None:
+    now = [1_700_000_000.0]  # wall-clock seconds; every step below is exact in binary
+    clock = Clock(sync_marker=None, trust="always", wall=lambda: now[0])
+    (config,) = ports({"name": "p", "path": "/dev/null", "device": "d", "baudrate": 9600, "converter": {"type": "kv"}})
+    port = SerialSensorAdapter(DeviceHub.__new__(DeviceHub), [config], clock=clock).ports[0]
+    t = 1_700_000_000_000
+    # 960 bytes/s: a 4-byte line takes 4.17 ms; 2 bytes of the next line came after the last one
+    lines = port.splitter.feed(b"a=1\na=2\na=3\na=")
+    assert port._stamps(lines) == [t - 10, t - 6, t - 2]
+    # 62 ms later, a read of 30 lines that took 125 ms of line time: stamps still rise from the last one
+    now[0] += 0.0625
+    stamps = port._stamps(port.splitter.feed(b"4\n" + b"b=1\n" * 29))
+    assert stamps[0] == t - 1 and stamps[-1] == t + 62
+    assert stamps == sorted(set(stamps))  # type: ignore[type-var]  # rising, none twice
+    # the clock steps back: 1 ms apart, but never more than a second ahead of it ...
+    now[0] -= 0.5625
+    assert port._stamps([b"x=1"] * 3) == [t + 63, t + 64, t + 65]
+    now[0] -= 0.5
+    assert port._stamps([b"x=1"] * 3) == [t - 1008, t - 1004, t - 1000]
+
+
+async def test_lines_without_a_trusted_clock_are_stamped_by_the_outbox(bench: Bench, tmp_path: Path) -> None:
+    peer = bench.peer()
+    table = {"name": "p", "path": peer.path, "device": "plain-1", "converter": {"type": "kv"}}
+    untrusted = Clock(sync_marker=tmp_path / "never", trust="marker")
+    adapter = SerialSensorAdapter(bench.hub, ports(table), clock=untrusted)
+    bench.adapters.append(adapter)
+    await adapter.start()
+    await bench.records.until(lambda: RecordKind.CONNECT in bench.records.kinds("plain-1"))
+    peer.write(b"a=1\na=2\n")
+    await bench.records.until(lambda: len(bench.records.of(RecordKind.TELEMETRY, "plain-1")) == 2)
+    assert bench.records.of(RecordKind.TELEMETRY, "plain-1") == [{"a": 1}, {"a": 2}]
+    assert adapter.port("p")._last_ts == 0  # nothing stamped here: the outbox did
 
 
 async def test_overlong_lines_are_dropped_and_counted(bench: Bench) -> None:
