@@ -44,6 +44,7 @@ them the caller's tuning is used as it is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -345,15 +346,20 @@ class SlipmuxTransport(interfaces.MessageInterface):  # type: ignore[misc]  # ai
         parsed = parse_notification(data)
         if parsed is None:
             return False
-        if data[0] == _CON_TKL6:
-            try:  # an empty ACK with the notification's message id
-                self.link.write(encode_configuration(bytes((0x60, 0, data[2], data[3]))))
-            except LinkError:
-                self.send_dropped += 1
         self.messages_in += 1
         self.fast_notifications += 1
-        sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
+        barrier = sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
+        if data[0] == _CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
+            sink.acks.after(barrier, functools.partial(self._send_ack, bytes((0x60, 0, data[2], data[3]))))
         return True
+
+    def _send_ack(self, ack: bytes, kept: bool) -> None:
+        if not kept:
+            return
+        try:
+            self.link.write(encode_configuration(ack))
+        except LinkError:
+            self.send_dropped += 1
 
     def _diagnostic(self, text: str) -> None:
         # A stream of device log lines, not a repeated complaint: a token bucket lets bursts

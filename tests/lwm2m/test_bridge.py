@@ -21,7 +21,7 @@ from gateway.core.records import RecordKind
 from gateway.lwm2m.bridge import LwM2mRpcError, ProfileSet
 from gateway.lwm2m.codec import ContentFormat
 from gateway.lwm2m.path import LwM2mPath
-from gateway.lwm2m.server import LwM2mServer
+from gateway.lwm2m.server import LwM2mServer, RegistrationListener
 from gateway.sim.lwm2m_client import CONTENT_FORMAT, POST, URI_PATH, Fleet, SimClient, uint
 
 EP = "sim-000000"
@@ -119,14 +119,49 @@ async def test_values_that_arrive_before_the_connect_is_written_are_held(server:
         h.outbox.manual = True  # the connect record stays not durable until commit()
         await fleet.register_and_wait()
         await h.outbox.until(lambda: len(h.outbox.of(EP, RecordKind.CONNECT)) == 1)
+        arrived = asyncio.Event()
+
+        class SendSeen(RegistrationListener):  # called after the bridge, which was added first
+            def on_send(self, registration: Any, values: Any, ts: float) -> None:
+                arrived.set()
+
+        server.add_listener(SendSeen())
         send(fleet.client(EP), [{"n": "/3303/0/5700", "v": 30.0, "t": 1_700_000_000}])
-        await fleet.until(lambda: fleet.stats["send_ok"] == 1)
-        assert h.bridge.stats().held == 1 and h.outbox.telemetry(EP) == []
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert h.bridge.stats().held == 1
+        assert h.outbox.telemetry(EP) == []
+        # the Send is not answered while its values are not durable ...
+        assert fleet.stats["send_ok"] == 0
         h.outbox.manual = False
         h.outbox.commit()
         await h.bridge.idle()
+        # ... and answered once they are
+        await fleet.until(lambda: fleet.stats["send_ok"] == 1, 10)
         assert h.outbox.telemetry(EP)[0] == (1_700_000_000_000, {"sensorValue": 30.0})
         assert h.outbox.kinds(EP)[:2] == [RecordKind.CONNECT, RecordKind.TELEMETRY]
+
+
+async def test_a_con_notification_is_acknowledged_only_once_its_value_is_durable(server: LwM2mServer) -> None:
+    async with running(server) as (h, fleet):
+        client = fleet.client(EP)
+        seen = asyncio.Event()
+
+        class NotificationSeen(RegistrationListener):  # called after the bridge, which was added first
+            def on_notification(self, registration: Any, observation: Any, values: Any, ts: float) -> None:
+                seen.set()
+
+        server.add_listener(NotificationSeen())
+        h.outbox.manual = True  # appended records stay not durable until commit()
+        obs = next(o for o in client.observations.values() if [str(p) for p in o.paths] == ["/3303/0/5700"])
+        client.notify(obs, confirmable=True)
+        await asyncio.wait_for(seen.wait(), 10)
+        assert client.outgoing, "the notification was acknowledged before its value was durable"
+        acks = server.stats()["acks_after_commit"]
+        assert acks >= 1
+        h.outbox.manual = False
+        h.outbox.commit()
+        await fleet.until(lambda: not client.outgoing, 10)  # the ACK arrives after the commit
+        assert fleet.stats["retransmissions"] == 0 and server.stats()["acks_withheld"] == 0
 
 
 async def test_deregistration_expiry_and_reregistration_disconnect(server_factory: Any) -> None:

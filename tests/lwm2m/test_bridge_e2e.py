@@ -303,6 +303,33 @@ async def test_every_rpc_method_through_the_gateway(tmp_path: Path) -> None:
             await fleet.close()
 
 
+async def test_shared_attributes_changed_while_away_are_written_on_registration(tmp_path: Path) -> None:
+    async with site(tmp_path, [SENSOR]) as s:
+        fleet = Fleet(s.server.address, 1)
+        await fleet.start()
+        try:
+            await fleet.register_and_wait()
+            ep = "sim-000000"
+            emu = s.emu
+            await emu.wait_for(lambda: ep in emu.devices and emu.device(ep).connected, 10)
+            await s.bridge.idle()
+            client = fleet.client(ep)
+            assert fleet.stats["write"] == 0
+            client.deregister()
+            await emu.wait_for(lambda: not emu.device(ep).connected, 10)
+            # changed in ThingsBoard while the device is away: nobody to tell now
+            assert await emu.set_shared_attributes(ep, {"utcOffset": "+05", "unrelated": 1}) == 0
+            client.register()
+            await emu.wait_for(lambda: emu.device(ep).connected, 10)
+            await fleet.until(lambda: fleet.stats["write"] == 1, 15)  # the writable key, written once
+            await s.bridge.idle()
+            assert s.bridge.stats().attribute_writes == 1
+            reply = await emu.rpc(ep, "Read", {"id": "/3/0/14"}, timeout=15)
+            assert reply["result"] == "CONTENT" and "value=+05" in reply["value"]
+        finally:
+            await fleet.close()
+
+
 def send_sequence(client: Any, seq: int, ts: float) -> None:
     """A Send carrying the sequence number as the temperature, stamped by the device."""
     payload = json.dumps([{"n": "/3303/0/5700", "v": float(seq), "t": ts}]).encode()

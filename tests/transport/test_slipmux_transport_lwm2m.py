@@ -17,6 +17,7 @@ import pytest
 
 from gateway.lwm2m.node import TimestampedValue
 from gateway.lwm2m.server import LwM2mServer, Observation, Registration, RegistrationListener, ServerConfig
+from gateway.lwm2m.server.durable import DurableAcks
 from gateway.serial.port import FdLink, LinkSettings, SerialLink
 from gateway.transport.slipmux import SlipmuxTransport, attach_slipmux
 from gateway.transport.slipmux_frames import ConfigurationFrame, SlipmuxDecoder, encode_configuration
@@ -117,12 +118,14 @@ async def test_con_notification_on_the_fast_path_is_acknowledged() -> None:
         def __init__(self, transport: SlipmuxTransport) -> None:
             self.observation = type("Obs", (), {"remote": transport.remote})()
             self.got: list[tuple[int, int | None, int | None, bytes]] = []
+            self.acks = DurableAcks()
 
         def observation_for(self, token: bytes) -> Any:
             return self.observation if token == b"tok123" else None
 
         def notification(self, observation: Any, code: int, seq: int | None, cf: int | None, payload: bytes) -> None:
             self.got.append((code, seq, cf, payload))
+            return None  # nothing to wait for: acknowledged at once
 
     master, slave = os.openpty()
     tty.setraw(master)

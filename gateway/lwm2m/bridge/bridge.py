@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from gateway.core.hub import DeviceHub
+from gateway.core.hub import DeviceHub, RpcError
 from gateway.logs import RateLimited
 from gateway.lwm2m.bridge.mapping import (
     Plan,
@@ -60,6 +60,7 @@ from gateway.lwm2m.bridge.mapping import (
 from gateway.lwm2m.bridge.profiles import AfterRegistration, ObserveStrategy, Profile, ProfileSet
 from gateway.lwm2m.bridge.rpc import LwM2mRpcError, RpcTarget, run_rpc
 from gateway.lwm2m.codec import ContentFormat
+from gateway.lwm2m.model.types import Operations
 from gateway.lwm2m.node import Node, ObjLink, ResourceInstance, TimestampedValue, iter_leaves, resource_model
 from gateway.lwm2m.path import LwM2mPath
 from gateway.lwm2m.server import (
@@ -95,6 +96,8 @@ class BridgeConfig:
     held_per_endpoint: int = 256
     #: connects, disconnects and attribute sets handed to the hub at once (they share group commits)
     hub_batch: int = 1000
+    #: how long the shared-attribute request after registration waits for ThingsBoard
+    attribute_timeout: float = 10.0
 
 
 @dataclass(slots=True)
@@ -122,7 +125,7 @@ class BridgeStats:
 class _Endpoint:
     """What the bridge keeps per registered endpoint."""
 
-    __slots__ = ("active", "connected", "held", "last_log_ms", "name", "plan", "queued", "reg")
+    __slots__ = ("active", "connected", "held", "held_barrier", "last_log_ms", "name", "plan", "queued", "reg")
 
     def __init__(self, reg: Registration, plan: Plan) -> None:
         self.name = reg.endpoint
@@ -132,6 +135,8 @@ class _Endpoint:
         self.connected = False  # the connect record is written: values may follow
         self.queued = False  # in the after-registration queue
         self.held: list[tuple[Sequence[TimestampedValue], float] | str] | None = None
+        #: done once the held values are durable (a held notification's ACK waits for it)
+        self.held_barrier: asyncio.Future[None] | None = None
         self.last_log_ms = 0
 
     @property
@@ -167,6 +172,8 @@ class LwM2mBridge(RegistrationListener):
         self._stopping = False
         self._setup_busy = 0  # endpoints queued for, or in, their after-registration sequence
         self._last_future: asyncio.Future[None] | None = None
+        #: what the current on_notification/on_send call accepted becomes durable with this
+        self._barrier: asyncio.Future[None] | None = None
         self._stats = BridgeStats()
         self._complain = RateLimited(log, interval=60.0)
         server.add_listener(self)
@@ -257,6 +264,7 @@ class LwM2mBridge(RegistrationListener):
     def on_notification(
         self, registration: Registration, observation: Observation, values: list[TimestampedValue], ts: float
     ) -> None:
+        self._barrier = None
         ep = self._endpoints.get(registration.endpoint)
         if ep is None or ep.reg.id != registration.id:
             return
@@ -283,6 +291,7 @@ class LwM2mBridge(RegistrationListener):
         self._post(ep, values, ts)
 
     def on_send(self, registration: Registration, values: list[TimestampedValue], ts: float) -> None:
+        self._barrier = None
         ep = self._endpoints.get(registration.endpoint)
         if ep is None or ep.reg.id != registration.id:
             return
@@ -291,6 +300,9 @@ class LwM2mBridge(RegistrationListener):
             self._post(ep, values, ts)
         else:
             self._hold(ep, values, ts)
+
+    def durable_barrier(self) -> asyncio.Future[None] | None:
+        return self._barrier
 
     def on_observation_ended(self, registration: Registration, observation: Observation, why: ObservationEnd) -> None:
         ep = self._current(registration)
@@ -311,10 +323,13 @@ class LwM2mBridge(RegistrationListener):
             self._queued(self.hub.telemetry_nowait(name, record, ts_ms))
         if attributes:
             self._stats.attribute_sets += 1
-            self._queue_hub("attributes", name, attributes)
+            waiter = asyncio.get_running_loop().create_future()
+            self._queue_hub("attributes", name, (attributes, waiter))
+            self._barrier = waiter
 
     def _queued(self, future: asyncio.Future[None]) -> None:
         self._stats.records += 1
+        self._barrier = future
         if future is not self._last_future:  # one future per group commit: watch each once
             self._last_future = future
             future.add_done_callback(self._committed)
@@ -339,17 +354,28 @@ class LwM2mBridge(RegistrationListener):
             return
         self._stats.held += 1
         held.append(values if isinstance(values, str) else (values, ts))
+        if not isinstance(values, str):
+            if ep.held_barrier is None:
+                ep.held_barrier = asyncio.get_running_loop().create_future()
+            self._barrier = ep.held_barrier
 
     def _connected(self, ep: _Endpoint) -> None:
+        waiter, ep.held_barrier = ep.held_barrier, None
         if not ep.active:
+            if waiter is not None and not waiter.done():  # it left before its connect was written
+                waiter.set_exception(_NotKept(f"{ep.name} de-registered before its values were queued"))
+                waiter.exception()  # retrieved: the ACK is withheld, nobody else waits
             return
         ep.connected = True
         held, ep.held = ep.held, None
+        self._barrier = None
         for item in held or ():
             if isinstance(item, str):
                 self._log(ep, item)
             else:
                 self._post(ep, item[0], item[1])
+        if waiter is not None:
+            _chain(self._barrier, waiter)
         self._queue_setup(ep)
 
     def _log(self, ep: _Endpoint | None, text: str) -> None:
@@ -393,10 +419,12 @@ class LwM2mBridge(RegistrationListener):
                 elif kind == "disconnect":
                     calls.append(hub.disconnect(subject))
                 else:
-                    calls.append(hub.attributes(subject, payload))
+                    calls.append(hub.attributes(subject, payload[0]))
             # gathered in order: each call's record is appended in this order, and all share commits
             results = await asyncio.gather(*calls, return_exceptions=True)
-            for (kind, subject, _), result in zip(batch, results, strict=True):
+            for (kind, subject, payload), result in zip(batch, results, strict=True):
+                if kind == "attributes":
+                    _chain_result(payload[1], result)
                 if isinstance(result, BaseException):
                     self._stats.queue_failures += 1
                     who = subject.name if kind == "connect" else subject
@@ -476,6 +504,32 @@ class LwM2mBridge(RegistrationListener):
                 path = LwM2mPath(oid)
                 response = await self._call(ep, f"Read {path}", server.read(name, path, timeout=timeout))
                 self._post_node(ep, path, response)
+        await self._sync_shared_attributes(ep)
+
+    async def _sync_shared_attributes(self, ep: _Endpoint) -> None:
+        """Write the shared attributes ThingsBoard holds for the profile's writable keys (as
+        ThingsBoard's own LwM2M transport does on registration): a device that was away when one
+        changed gets it now. Skipped at once while ThingsBoard is unreachable."""
+        reg = ep.reg
+        model_of = reg.models.model_of if reg.models is not None else self.server.models.model_of
+        keys = []
+        for key, path in ep.plan.keys.items():
+            if path.depth < 3:
+                continue
+            rmodel = resource_model(model_of, path)
+            if rmodel is not None and Operations.W in rmodel.operations:
+                keys.append(key)
+        if not keys:
+            return
+        try:
+            timeout = self.config.attribute_timeout
+            values = await self.hub.request_attributes(ep.name, keys, shared=True, timeout=timeout)
+        except (RpcError, TimeoutError, ConnectionError) as exc:
+            self._log(ep, f"shared attributes not synced: {exc}")
+            return
+        if values and ep.active:
+            self._log(ep, f"shared attributes to write: {', '.join(sorted(values))}")
+            await self.attributes_updated(ep.name, values, ())
 
     async def _call(self, ep: _Endpoint, what: str, request: Awaitable[Response[Any]]) -> Response[Any] | None:
         """One after-registration request: its answer if it succeeded; logged either way. Raises
@@ -584,6 +638,36 @@ class LwM2mBridge(RegistrationListener):
             else:
                 self._stats.attribute_write_errors += 1
                 log.warning("%s: %s: %s", device, what, response)
+
+
+class _NotKept(Exception):
+    """Values a device sent were not queued (their endpoint left before its connect was written)."""
+
+
+def _chain(source: asyncio.Future[None] | None, target: asyncio.Future[None]) -> None:
+    """Complete ``target`` like ``source`` (at once if there is nothing to wait for)."""
+    if source is None:
+        if not target.done():
+            target.set_result(None)
+        return
+
+    def done(f: asyncio.Future[None]) -> None:
+        _chain_result(target, f.exception() if not f.cancelled() else _NotKept("cancelled"))
+
+    if source.done():
+        done(source)
+    else:
+        source.add_done_callback(done)
+
+
+def _chain_result(target: asyncio.Future[None], result: object) -> None:
+    if target.done():
+        return
+    if isinstance(result, BaseException):
+        target.set_exception(result)
+        target.exception()  # retrieved here: the waiter's owner reads it through the done callback
+    else:
+        target.set_result(None)
 
 
 class _Gone(Exception):

@@ -24,6 +24,8 @@ the message manager to deliver to (the DTLS and serial transports use the same p
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
@@ -36,6 +38,7 @@ from aiocoap.pipe import Pipe
 from aiocoap.tokenmanager import TokenManager
 
 from gateway.lwm2m.server.dedup import RecentRequests
+from gateway.lwm2m.server.durable import DurableAcks
 
 CON = Type.CON
 NON = Type.NON
@@ -56,6 +59,8 @@ class Reply(NamedTuple):
     payload: bytes = b""
     location: tuple[str, ...] = ()
     content_format: int | None = None
+    #: Answer only once this is done (a Send: once its values are durable); failed: 5.00 instead.
+    after: asyncio.Future[None] | None = None
 
 
 class RequestHandler(Protocol):
@@ -170,10 +175,17 @@ class LwM2mTokenManager(TokenManager):  # type: ignore[misc]  # aiocoap is untyp
 class LwM2mMessageManager(MessageManager):  # type: ignore[misc]  # aiocoap is untyped
     """aiocoap's message manager with the fast paths described in the module docstring."""
 
-    def __init__(self, token_manager: LwM2mTokenManager, handler: RequestHandler, recent: RecentRequests) -> None:
+    def __init__(
+        self,
+        token_manager: LwM2mTokenManager,
+        handler: RequestHandler,
+        recent: RecentRequests,
+        acks: DurableAcks | None = None,
+    ) -> None:
         super().__init__(token_manager)
         self._handler = handler
         self._recent = recent
+        self.acks = acks or DurableAcks()
         #: Requests answered on the fast path, and on aiocoap's path.
         self.fast_requests = 0
         self.slow_requests = 0
@@ -204,6 +216,18 @@ class LwM2mMessageManager(MessageManager):  # type: ignore[misc]  # aiocoap is u
         super().dispatch_message(message)
 
     def _send_reply(self, request: Message, reply: Reply) -> None:
+        after = reply.after
+        if after is not None:
+            # the device hears "received" only once what it sent is kept (gateway.lwm2m.server.durable)
+            self.acks.after(after, functools.partial(self._send_reply_now, request, reply))
+            return
+        self._send_reply_now(request, reply, True)
+
+    def _send_reply_now(self, request: Message, reply: Reply, kept: bool) -> None:
+        if not kept:
+            reply = Reply(Code.INTERNAL_SERVER_ERROR, b"not stored: the gateway's queue refused it")
+        elif reply.after is not None:
+            reply = reply._replace(after=None)
         if request.mtype is CON:
             data = encode_reply(reply, ACK, request.mid, request.token)
             self._recent.set_response((request.remote, request.mid), reply)
@@ -277,7 +301,13 @@ class LwM2mSite(interfaces.Resource):  # type: ignore[misc]  # aiocoap is untype
         return True
 
     async def render(self, request: Message) -> Message:
-        return reply_message(self._handler.handle_request(getattr(request, MMAN_ATTRIBUTE, None), request))
+        reply = self._handler.handle_request(getattr(request, MMAN_ATTRIBUTE, None), request)
+        if reply.after is not None:
+            try:
+                await asyncio.shield(reply.after)
+            except Exception:
+                return reply_message(Reply(Code.INTERNAL_SERVER_ERROR, b"not stored: the gateway's queue refused it"))
+        return reply_message(reply)
 
     async def render_to_pipe(self, pipe: Pipe) -> None:
         await self._render_to_pipe(pipe)
@@ -288,12 +318,16 @@ TransportFactory = Callable[[Any], Awaitable[Any]]
 
 
 async def attach_transport(
-    context: Any, handler: RequestHandler, recent: RecentRequests, factory: TransportFactory
+    context: Any,
+    handler: RequestHandler,
+    recent: RecentRequests,
+    factory: TransportFactory,
+    acks: DurableAcks | None = None,
 ) -> tuple[LwM2mMessageManager, Any]:
     """Create the token and message managers for one transport, build it with ``factory`` and put it
     first in ``context``'s request interfaces. Returns (message manager, transport)."""
     tman = LwM2mTokenManager(context, handler)
-    mman = LwM2mMessageManager(tman, handler, recent)
+    mman = LwM2mMessageManager(tman, handler, recent, acks)
     transport = await factory(mman)
     mman.message_interface = transport
     tman.token_interface = mman

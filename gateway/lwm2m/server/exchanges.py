@@ -27,6 +27,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 
 from gateway.lwm2m.path import LwM2mPath
+from gateway.lwm2m.server.durable import DurableAcks
 from gateway.lwm2m.server.errors import RequestFailed, RequestTimeout
 from gateway.lwm2m.server.response import Observation
 from gateway.lwm2m.server.timers import Timer, TimerQueue
@@ -93,8 +94,11 @@ class ObservationState:
         return self.public.token
 
 
-NotificationHook = Callable[[ObservationState, int, "int | None", "int | None", bytes, "Message | None"], None]
-"""``(observation, code, observe sequence, content format, payload, message or None)``."""
+NotificationHook = Callable[
+    [ObservationState, int, "int | None", "int | None", bytes, "Message | None"], "asyncio.Future[None] | None"
+]
+"""``(observation, code, observe sequence, content format, payload, message or None)`` -> the durability
+barrier of what it delivered (see :mod:`gateway.lwm2m.server.durable`)."""
 
 
 class Exchanges:
@@ -124,6 +128,9 @@ class Exchanges:
         self._ready: deque[Exchange] = deque()
         #: Notifications dropped as stale or duplicate (RFC 7641 ordering).
         self.stale_notifications = 0
+        #: CON notifications are acknowledged once what they carried is durable.
+        self.acks = DurableAcks()
+        self._last_barrier: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -230,13 +237,23 @@ class Exchanges:
         mtype = message.mtype
         if mtype is ACK:
             mman._remove_exchange(message)
-        elif mtype is CON:
+        elif mtype is CON and isinstance(item, Exchange):
             mman._send_empty_ack(message.remote, message.mid, "acknowledging a response")
         if isinstance(item, Exchange):
             self._answered(item, message)
         else:
             opt = message.opt
-            self.notification(item, int(message.code), opt.observe, opt.content_format, message.payload, message)
+            barrier = self.notification(
+                item, int(message.code), opt.observe, opt.content_format, message.payload, message
+            )
+            if mtype is CON:
+                remote, mid = message.remote, message.mid
+
+                def ack(_kept: bool) -> None:
+                    if _kept:
+                        mman._send_empty_ack(remote, mid, "acknowledging a notification")
+
+                self.acks.after(barrier, ack)
         return True
 
     def _answered(self, exchange: Exchange, message: Message) -> None:
@@ -270,10 +287,11 @@ class Exchanges:
         content_format: int | None,
         payload: bytes,
         message: Message | None = None,
-    ) -> None:
-        """A notification for ``observation``, already acknowledged: drop it if stale (RFC 7641 3.4),
-        end the observation on an error code or a missing Observe option, else hand it on.
-        ``message`` is the decoded message when there is one (not on the fast path)."""
+    ) -> asyncio.Future[None] | None:
+        """A notification for ``observation``: drop it if stale (RFC 7641 3.4), end the observation
+        on an error code or a missing Observe option, else hand it on. ``message`` is the decoded
+        message when there is one (not on the fast path). Returns the barrier a CON notification's
+        ACK must wait for (None: acknowledge now)."""
         if seq is not None and code >> 5 == 2:
             now = self._loop.time()
             last = observation.last_seq
@@ -282,14 +300,20 @@ class Exchanges:
                 or (last > seq and last - seq > 2**23)
                 or now > observation.last_time + _REORDER_WINDOW
             ):
+                # most often a retransmission whose ACK waits for the commit of the first copy:
+                # acknowledge it after the latest commit, which covers that one
                 self.stale_notifications += 1
-                return
+                pending = self._last_barrier
+                return pending if pending is not None and not pending.done() else None
             observation.last_seq = seq
             observation.last_time = now
         else:
             # an error code or a notification without Observe ends the observation (RFC 7641 3.2)
             self.forget(observation.token)
-        self._on_notification(observation, code, seq, content_format, payload, message)
+        barrier = self._on_notification(observation, code, seq, content_format, payload, message)
+        if barrier is not None:
+            self._last_barrier = barrier
+        return barrier
 
     # -- ending -------------------------------------------------------------------------------------
 

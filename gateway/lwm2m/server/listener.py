@@ -9,6 +9,7 @@ Subclass :class:`RegistrationListener` and override what you need; every method 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 
 from gateway.lwm2m.node import TimestampedValue
@@ -56,3 +57,10 @@ class RegistrationListener:
 
     def on_send(self, registration: Registration, values: list[TimestampedValue], ts: float) -> None:
         """A LwM2M 1.1+ Send (``POST /dp``) with these values, received at ``ts``."""
+
+    def durable_barrier(self) -> asyncio.Future[None] | None:
+        """Asked right after :meth:`on_notification` or :meth:`on_send`: a future that is done once
+        what that call accepted is durable (an exception: it was not kept), or None when nothing is
+        pending. The server acknowledges a CON notification, and answers a Send, only then: what a
+        device was told we have, we have."""
+        return None

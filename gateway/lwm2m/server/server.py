@@ -65,6 +65,7 @@ from gateway.lwm2m.server.coap import (
 from gateway.lwm2m.server.config import ServerConfig
 from gateway.lwm2m.server.dedup import RecentRequests
 from gateway.lwm2m.server.devices import Device, DeviceStatus, Held, Registrations
+from gateway.lwm2m.server.durable import combine
 from gateway.lwm2m.server.errors import (
     DeviceNotRegistered,
     InvalidResponse,
@@ -155,7 +156,7 @@ class LwM2mServer:
         """Serve on another transport (DTLS, serial): ``factory(message_manager)`` builds an aiocoap
         ``MessageInterface`` delivering to that manager. Returns (message manager, transport)."""
         self._ensure_started()
-        pair = await attach_transport(self._context, self, self._recent, factory)
+        pair = await attach_transport(self._context, self, self._recent, factory, self.exchanges.acks)
         self._transports.append(pair)
         return pair
 
@@ -252,6 +253,8 @@ class LwM2mServer:
             "notifications": self.notifications,
             "bad_notifications": self.bad_notifications,
             "stale_notifications": self._exchanges.stale_notifications if self._exchanges is not None else 0,
+            "acks_after_commit": self._exchanges.acks.deferred if self._exchanges is not None else 0,
+            "acks_withheld": self._exchanges.acks.withheld if self._exchanges is not None else 0,
             "sends": self.sends,
             "refused_registrations": self.refused_registrations,
             "fast_requests": sum(m.fast_requests for m in mmans),
@@ -518,12 +521,16 @@ class LwM2mServer:
             return Reply(Code.BAD_REQUEST, str(e).encode()[:_DIAGNOSTIC_LIMIT])
         self.sends += 1
         ts = time.time()
+        barriers: list[asyncio.Future[None]] = []
         for listener in self._listeners:
             try:
                 listener.on_send(reg, values, ts)
+                barrier = listener.durable_barrier()
+                if barrier is not None:
+                    barriers.append(barrier)
             except Exception:
                 log.exception("Listener %r failed in on_send", listener)
-        return Reply(Code.CHANGED)
+        return Reply(Code.CHANGED, after=combine(barriers) if barriers else None)
 
     def _on_notification(
         self,
@@ -533,11 +540,11 @@ class LwM2mServer:
         cf: int | None,
         payload: bytes,
         message: Message | None,
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         device: Device = state.owner
         if not device.active:
             self.exchanges.forget(state.token)
-            return
+            return None
         now = self.loop.time()
         device.last_seen = now
         reg = device.reg
@@ -545,17 +552,22 @@ class LwM2mServer:
             self._wake(device, now)
         if code >> 5 != 2:
             self._observation_ended(device, state, ObservationEnd.ERROR_NOTIFICATION)
-            return
+            return None
         if message is not None:
             block2 = message.opt.block2
             if block2 is not None and block2.more:
+                # acknowledged at once: the values come with the rest of the blocks, fetched by GET
                 self._spawn(self._complete_notification(device, state, message))
-                return
-        self._deliver_notification(device, state, cf, payload)
+                return None
+        barrier = self._deliver_notification(device, state, cf, payload)
         if seq is None:
             self._observation_ended(device, state, ObservationEnd.FINAL_NOTIFICATION)
+        return barrier
 
-    def _deliver_notification(self, device: Device, state: ObservationState, cf: int | None, payload: bytes) -> None:
+    def _deliver_notification(
+        self, device: Device, state: ObservationState, cf: int | None, payload: bytes
+    ) -> asyncio.Future[None] | None:
+        """Decode and hand on a notification; returns the durability barrier of what listeners kept."""
         reg = device.reg
         if cf is None:
             cf = state.public.content_format
@@ -570,14 +582,28 @@ class LwM2mServer:
         except CodecError as e:
             self.bad_notifications += 1
             log.warning("Notification from %s for %s dropped: %s", reg.endpoint, state.public, e)
-            return
+            return None
         self.notifications += 1
         ts = time.time()
-        for listener in self._listeners:
+        listeners = self._listeners
+        if len(listeners) == 1:  # the usual case: the bridge alone
+            listener = listeners[0]
             try:
                 listener.on_notification(reg, state.public, values, ts)
+                return listener.durable_barrier()
             except Exception:
                 log.exception("Listener %r failed in on_notification", listener)
+                return None
+        barriers: list[asyncio.Future[None]] = []
+        for listener in listeners:
+            try:
+                listener.on_notification(reg, state.public, values, ts)
+                barrier = listener.durable_barrier()
+                if barrier is not None:
+                    barriers.append(barrier)
+            except Exception:
+                log.exception("Listener %r failed in on_notification", listener)
+        return combine(barriers) if barriers else None
 
     async def _complete_notification(self, device: Device, state: ObservationState, first: Message) -> None:
         # a notification too large for one datagram: the rest comes by GET (or FETCH) with Block2

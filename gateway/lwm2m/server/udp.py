@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -34,6 +35,8 @@ from typing import Any, Final, Protocol
 
 from aiocoap import Message, error, interfaces
 from aiocoap.message import Direction
+
+from gateway.lwm2m.server.durable import DurableAcks
 
 READ_BATCH: Final = 256
 MAX_DATAGRAM: Final = 65535
@@ -54,9 +57,11 @@ class NotificationSink(Protocol):
     def observation_for(self, token: bytes) -> Any:
         """The observation with this token (an object with ``.remote``), or None."""
 
+    acks: DurableAcks
+
     def notification(self, observation: Any, code: int, seq: int | None, content_format: int | None,
-                     payload: bytes) -> None:
-        """A notification for ``observation`` (already acknowledged)."""
+                     payload: bytes) -> asyncio.Future[None] | None:
+        """A notification for ``observation``; returns the barrier its ACK waits for (or None)."""
 
 
 def parse_notification(data: bytes) -> tuple[int | None, int | None, bytes] | None:
@@ -274,14 +279,20 @@ class UdpTransport(interfaces.MessageInterface):  # type: ignore[misc]  # aiocoa
         parsed = parse_notification(data)
         if parsed is None:
             return False
-        if data[0] == _CON_TKL6 and self._sock is not None:
-            try:  # an empty ACK with the notification's message id
-                self._sock.sendto(bytes((0x60, 0, data[2], data[3])), addr)
-            except OSError:
-                self.send_dropped += 1
         self.fast_notifications += 1
-        sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
+        barrier = sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
+        if data[0] == _CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
+            sink.acks.after(barrier, functools.partial(self._send_ack, bytes((0x60, 0, data[2], data[3])), addr))
         return True
+
+    def _send_ack(self, ack: bytes, addr: Sockaddr, kept: bool) -> None:
+        sock = self._sock
+        if not kept or sock is None:
+            return
+        try:
+            sock.sendto(ack, addr)
+        except OSError:
+            self.send_dropped += 1
 
     # -- MessageInterface ---------------------------------------------------------------------------
 
