@@ -54,6 +54,7 @@ from gateway.transport.dtls import DtlsServer, RpkKeyPair, TrustStore, X509Crede
 from gateway.transport.dtls_coap import DtlsTransport
 from gateway.transport.gnutls import GnuTLSError, GnuTLSUnavailable
 from gateway.transport.slipmux import SlipmuxTransport
+from gateway.upstream.device_sessions import DeviceModeSettings, DeviceSessions, provision_keys
 from gateway.upstream.downlink import Downlink
 from gateway.upstream.provisioning import (
     Phase,
@@ -134,6 +135,7 @@ class Gateway:
         self.demo: SyntheticDevices | None = None
         self.lwm2m: LwM2mServer | None = None
         self.bridge: LwM2mBridge | None = None
+        self.device_sessions: DeviceSessions | None = None  # per-device mode (profiles' [upstream] mode)
         self.dtls: DtlsServer | None = None
         self.serial: SerialSensorAdapter | None = None
         self.slipmux: list[SlipmuxTransport] = []
@@ -278,8 +280,9 @@ class Gateway:
             ),
             registration_check=self.security,
         )
-        # The bridge listens from construction, so that no registration escapes it.
         assert self.hub is not None
+        await self._start_device_sessions(profiles)
+        # The bridge listens from construction, so that no registration escapes it.
         self.bridge = LwM2mBridge(self.lwm2m, self.hub, profiles, config=BridgeConfig(workers=lw.bridge_workers))
         await self.bridge.start()
         try:
@@ -292,6 +295,34 @@ class Gateway:
         log.info("LwM2M server listening on [%s]:%d (CoAP/UDP)", host, port)
         if lw.dtls:
             await self._start_dtls()
+
+    async def _start_device_sessions(self, profiles: Any) -> None:
+        """Per-device mode, when some profile asks for it: its own outbox, sessions and credentials."""
+        keys = provision_keys({p.name: p.upstream for p in profiles})
+        if not keys:
+            return
+        assert self.hub is not None
+        cfg, lw, t = self.cfg, self.cfg.lwm2m, self.cfg.thingsboard
+        settings = DeviceModeSettings(
+            host=t.host, port=t.port, tls=TlsSettings(ca_file=t.ca_file or None) if t.tls else None,
+            keepalive=t.keepalive_s, reconnect_min=t.reconnect_min_s, reconnect_max=t.reconnect_max_s,
+            rejected_retry=t.rejected_retry_s, limits_timeout=t.session_limits_timeout_s,
+            credentials_dir=cfg.state_path(lw.device_credentials_dir), max_sessions=lw.device_sessions_max,
+            provision_timeout_s=cfg.provisioning.timeout_s, provision_retry_s=cfg.provisioning.retry_s,
+        )  # fmt: skip
+        assert self.outbox is not None
+        try:
+            self.device_sessions = await DeviceSessions.open(
+                cfg.state_path(lw.device_outbox), settings, keys, self.hub, limits=self.outbox.limits,
+                clock=self.clock, commit_interval=cfg.outbox.commit_interval_ms / 1000,
+                commit_records=cfg.outbox.commit_records,
+            )  # fmt: skip
+        except OutboxError as exc:
+            raise StartupError(str(exc)) from None
+        self.hub.device_route = self.device_sessions
+        await self.device_sessions.start()
+        log.info("per-device mode for profiles %s (at most %d sessions)", ", ".join(sorted(keys)),
+                 settings.max_sessions)
 
     async def _start_dtls(self) -> None:
         assert self.lwm2m is not None and self.clients is not None
@@ -574,6 +605,8 @@ class Gateway:
             await self.lwm2m.stop()
         if self.bridge is not None:  # after the server: every endpoint's disconnect is written
             await self.bridge.stop()
+        if self.device_sessions is not None:  # after the bridge: nothing appends any more
+            await self.device_sessions.stop(DRAIN_TIMEOUT_S)
         if self.clients is not None:
             self.clients.close()
         if self.outbox is not None:
@@ -641,6 +674,7 @@ class Gateway:
             "lwm2m_registered": len(self.lwm2m.registrations) if self.lwm2m is not None else 0,
             "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
             "lwm2m_bridge": asdict(self.bridge.stats()) if self.bridge is not None else {},
+            "device_sessions": self.device_sessions.status() if self.device_sessions is not None else {},
             "lwm2m_clients": len(self.clients) if self.clients is not None else 0,
             "lwm2m_security": self.security.stats() if self.security is not None else {},
             "serial": [*(self.serial.status() if self.serial else []), *(t.stats() for t in self.slipmux)],

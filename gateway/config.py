@@ -194,6 +194,13 @@ class Lwm2mSection:
     trust_ca_file: str = _f("", "CA certificates (PEM) that client certificates must chain to")
     trust_ca_dir: str = _f("", "a directory of CA certificates (PEM) that client certificates may chain to")
     clients_db: str = _f("clients.sqlite3", "the LwM2M clients' credentials store (relative to gateway.state_dir)")
+    device_sessions_max: int = _f(1000, "per-device mode (profiles with [upstream] mode = \"device\"): most "
+                                  "device sessions open at once; beyond it the least recently idle one is closed "
+                                  "for a device with data, the others wait", min=1, max=100_000)
+    device_outbox: str = _f("device-outbox.sqlite3", "per-device mode: the queue of those devices' records "
+                            "(relative to gateway.state_dir)")
+    device_credentials_dir: str = _f("devices", "per-device mode: the devices' ThingsBoard credentials, one "
+                                     "directory each (relative to gateway.state_dir)")
     clients: list[ClientConfigEntry] = _f(  # noqa: RUF009
         [], "[[lwm2m.clients]] tables: endpoint, mode, identity, key or key_file, public_key, cert, cn"
     )

@@ -55,6 +55,23 @@ class Outbox(Protocol):
         ...
 
 
+class DeviceRoute(Protocol):
+    """Devices that go upstream over their own sessions (per-device mode) instead of the gateway API.
+
+    ``append`` takes their records (same kinds as the gateway outbox); ``connected``/``disconnected``
+    replace the CONNECT/DISCONNECT records the gateway API would get.
+    """
+
+    def owns(self, profile: str) -> bool: ...
+
+    def connected(self, device: str, profile: str) -> None: ...
+
+    def disconnected(self, device: str) -> None: ...
+
+    def append(self, kind: RecordKind, device: str, body: str, ts_ms: int | None = None) -> asyncio.Future[None]:
+        ...
+
+
 @dataclass(slots=True)
 class DeviceEntry:
     name: str
@@ -76,16 +93,34 @@ class DeviceHub:
         self._outbox = outbox
         self._devices: dict[str, DeviceEntry] = {}
         self.attribute_source: AttributeSource | None = None  # set while an upstream session exists
+        self.device_route: DeviceRoute | None = None  # set when some profile uses per-device mode
+        # Devices of per-device-mode profiles (kept after a disconnect: late records go the same way).
+        self._routed: dict[str, DeviceRoute] = {}
+
+    def _sink(self, device: str) -> Outbox:
+        # Empty unless per-device mode is in use: the gateway-API path pays one truth test.
+        return self._routed.get(device, self._outbox) if self._routed else self._outbox
 
     # -- southbound -> ThingsBoard ------------------------------------------------------------
 
     async def connect(self, device: str, profile: str, adapter: Southbound) -> None:
         """``device`` is online and handled by ``adapter``; ThingsBoard creates it if it is new."""
         self._devices[device] = DeviceEntry(device, profile, adapter)
+        route = self.device_route
+        if route is not None and route.owns(profile):
+            self._routed[device] = route
+            route.connected(device, profile)
+            return
+        if self._routed:
+            self._routed.pop(device, None)
         await self._outbox.append(RecordKind.CONNECT, device, _dumps({"type": profile}))
 
     async def disconnect(self, device: str) -> None:
         if self._devices.pop(device, None) is not None:
+            route = self._routed.get(device) if self._routed else None
+            if route is not None:
+                route.disconnected(device)
+                return
             await self._outbox.append(RecordKind.DISCONNECT, device, "{}")
 
     def telemetry_nowait(
@@ -96,13 +131,13 @@ class DeviceHub:
         Many records share one future (group commit): awaiting each is cheap.
         Raises ValueError for values that are not JSON (NaN, infinities, objects).
         """
-        return self._outbox.append(RecordKind.TELEMETRY, device, _dumps(values), ts_ms)
+        return self._sink(device).append(RecordKind.TELEMETRY, device, _dumps(values), ts_ms)
 
     async def telemetry(self, device: str, values: Mapping[str, Any], ts_ms: int | None = None) -> None:
         await self.telemetry_nowait(device, values, ts_ms)
 
     async def attributes(self, device: str, values: Mapping[str, Any]) -> None:
-        await self._outbox.append(RecordKind.ATTRIBUTES, device, _dumps(values))
+        await self._sink(device).append(RecordKind.ATTRIBUTES, device, _dumps(values))
 
     async def claim(self, device: str, secret_key: str | None = None, duration_ms: int | None = None) -> None:
         body: dict[str, Any] = {}
@@ -110,7 +145,7 @@ class DeviceHub:
             body["secretKey"] = secret_key
         if duration_ms is not None:
             body["durationMs"] = duration_ms
-        await self._outbox.append(RecordKind.CLAIM, device, _dumps(body))
+        await self._sink(device).append(RecordKind.CLAIM, device, _dumps(body))
 
     async def request_attributes(
         self, device: str, keys: Sequence[str], *, shared: bool = True, timeout: float = 10.0

@@ -171,6 +171,11 @@ _INSERT_UNSTAMPED_MULTI = "INSERT INTO outbox (id, kind, device, boot, mono, bod
 _SELECT_AFTER = "SELECT id, kind, device, ts, body, n FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
 _SELECT_UNSTAMPED = "SELECT id, boot, mono FROM outbox WHERE ts IS NULL AND id BETWEEN ? AND ? ORDER BY id"
 _col_id, _col_ts, _col_n = itemgetter(0), itemgetter(3), itemgetter(5)
+# Only in an outbox opened with by_device=True (per-device sessions read each device's records alone).
+_DEVICE_INDEX = "CREATE INDEX IF NOT EXISTS outbox_device ON outbox (device, id)"
+_SELECT_DEVICE_AFTER = (
+    "SELECT id, kind, device, ts, body, n, boot, mono FROM outbox WHERE device = ? AND id > ? ORDER BY id LIMIT ?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +328,10 @@ class _Db:
         log: logging.Logger,
         boot_id: str,
         factory: type[sqlite3.Connection],
+        by_device: bool = False,
     ) -> None:
         self.path = path
+        self.by_device = by_device
         self.limits = limits
         self.log = log
         self.boot_id = boot_id
@@ -495,6 +502,8 @@ class _Db:
                     raise OutboxError(
                         f"outbox: {path} is corrupt (tables missing); move it aside to start with an empty queue"
                     )
+            if self.by_device:
+                conn.execute(_DEVICE_INDEX)
             meta_last = conn.execute("SELECT value FROM meta WHERE key = 'last_id'").fetchone()
             hit = conn.execute("SELECT n FROM boots WHERE boot_id = ?", (self.boot_id,)).fetchone()
             if hit is not None:
@@ -973,6 +982,43 @@ class _Db:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox: cannot read {self.path}: {_one_line(exc)}") from None
 
+    def read_devices(
+        self, queries: list[tuple[str, int]], max_records: int, max_bytes: int, rule: _HoldRule | None
+    ) -> list[tuple[list[Record], bool]]:
+        """Per (device, after_id): that device's committed records after the id (as :meth:`read`), and
+        whether the read stopped before a held record."""
+        if not self.by_device:
+            raise OutboxError(f"outbox: {self.path} was not opened by device")
+        conn = self.conn
+        kinds = _KINDS
+        out: list[tuple[list[Record], bool]] = []
+        try:
+            for device, after_id in queries:
+                rows = conn.execute(_SELECT_DEVICE_AFTER, (device, after_id, max_records)).fetchall()
+                held = False
+                records: list[Record] = []
+                size = 0
+                for rid, kind, dev, ts, body, n, boot, mono in rows:
+                    if ts is None and rule is not None and rule.held(boot, mono):
+                        held = True
+                        break
+                    if records and size + n > max_bytes:
+                        break
+                    size += n
+                    records.append(Record(rid, kinds[kind], dev, ts, body))
+                out.append((records, held))
+        except KeyError as exc:
+            raise OutboxError(f"outbox: {self.path} holds a record of unknown kind {exc}") from None
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox: cannot read {self.path}: {_one_line(exc)}") from None
+        return out
+
+    def devices(self) -> list[str]:
+        try:
+            return [str(r[0]) for r in self.conn.execute("SELECT DISTINCT device FROM outbox")]
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox: cannot read {self.path}: {_one_line(exc)}") from None
+
     def first_after(self, after_id: int) -> tuple[int, int | None, int | None, int | None] | None:
         try:
             row = self.conn.execute(
@@ -1047,8 +1093,12 @@ class Outbox:
         commit_interval: float = 0.05,
         commit_records: int = 20000,
         log: logging.Logger | None = None,
+        by_device: bool = False,
     ) -> Outbox:
-        """Open (or create) the queue at ``path``; raises :class:`OutboxError` with a one-line reason."""
+        """Open (or create) the queue at ``path``; raises :class:`OutboxError` with a one-line reason.
+
+        ``by_device``: keep an index on (device, id) for :meth:`read_devices` (the per-device
+        sessions' outbox; the gateway's own outbox does without it, its inserts stay cheaper)."""
         if commit_interval < 0:
             raise ValueError("outbox commit_interval must be >= 0")
         if commit_records < 1:
@@ -1058,7 +1108,7 @@ class Outbox:
         log = log if log is not None else logging.getLogger(__name__)
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
-        db = _Db(path, limits, log, clock.boot_id, cls.connection_factory)
+        db = _Db(path, limits, log, clock.boot_id, cls.connection_factory, by_device)
         try:
             info = await loop.run_in_executor(executor, db.open)
         except BaseException:
@@ -1359,6 +1409,25 @@ class Outbox:
                     return
                 timeout = rule.wait_s(boot, mono)
             await asyncio.wait((changed,), timeout=timeout)
+
+    async def read_devices(
+        self, queries: list[tuple[str, int]], max_records: int, max_bytes: int
+    ) -> list[tuple[list[Record], bool]]:
+        """For each (device, after_id), in one trip to the database thread: the device's committed
+        records with id > after_id in id order (at most ``max_records``, about ``max_bytes``, at
+        least one if any is readable), and True if the read stopped before a record still held
+        ("hold"). Only for an outbox opened with ``by_device=True``."""
+        self._check_open()
+        await self._restamp_first()
+        self._check_open()
+        return await self._loop.run_in_executor(
+            self._exec, self._db.read_devices, queries, max_records, max_bytes, self._hold_rule()
+        )
+
+    async def pending_devices(self) -> list[str]:
+        """The devices that have queued records (reads the whole index: for start-up, not hot paths)."""
+        self._check_open()
+        return await self._loop.run_in_executor(self._exec, self._db.devices)
 
     # ---------------------------------------------------------------------------------------- admin
 

@@ -273,32 +273,10 @@ class Downlink:
 
     async def _run(self, start: Callable[[], Awaitable[Any]], who: str, method: str) -> Any:
         """Run an RPC handler under the RPC timeout; its result, or an error reply object."""
-        try:
-            # the handler has the timeout too; this one is a safety net for handlers that hang
-            async with asyncio.timeout(self._rpc_timeout + 1.0):
-                result = await start()
-        except RpcError as exc:
+        data, failed = await run_rpc_handler(start, who, method, self._rpc_timeout)
+        if failed:
             self._stats.rpc_errors += 1
-            return exc.as_reply()
-        except TimeoutError:
-            self._stats.rpc_errors += 1
-            return {
-                "error": f"{who} did not answer {method!r} within {self._rpc_timeout:g} s",
-                "code": "timeout",
-            }
-        except Exception as exc:
-            self._stats.rpc_errors += 1
-            log.exception("RPC %r for %s failed", method, who)
-            return {"error": f"{method!r} failed: {exc}", "code": "internal"}
-        if result is None:
-            return {}
-        try:
-            tb.dumps(result)
-        except (TypeError, ValueError) as exc:
-            self._stats.rpc_errors += 1
-            log.error("RPC %r for %s returned a value that is not JSON: %s", method, who, exc)
-            return {"error": f"{method!r} returned a value that is not JSON", "code": "internal"}
-        return result
+        return data
 
     def _child_attributes(self, update: tb.GatewayAttributeUpdate) -> None:
         self._stats.attribute_updates += 1
@@ -355,6 +333,32 @@ class Downlink:
         for fut in calls.values():
             if not fut.done():
                 fut.set_exception(exc)
+
+
+async def run_rpc_handler(
+    start: Callable[[], Awaitable[Any]], who: str, method: str, rpc_timeout: float
+) -> tuple[Any, bool]:
+    """Run an RPC handler under ``rpc_timeout``: (its JSON-able result, False), or (an error reply
+    object, True). Never raises (except cancellation)."""
+    try:
+        # the handler has the timeout too; this one is a safety net for handlers that hang
+        async with asyncio.timeout(rpc_timeout + 1.0):
+            result = await start()
+    except RpcError as exc:
+        return exc.as_reply(), True
+    except TimeoutError:
+        return {"error": f"{who} did not answer {method!r} within {rpc_timeout:g} s", "code": "timeout"}, True
+    except Exception as exc:
+        log.exception("RPC %r for %s failed", method, who)
+        return {"error": f"{method!r} failed: {exc}", "code": "internal"}, True
+    if result is None:
+        return {}, False
+    try:
+        tb.dumps(result)
+    except (TypeError, ValueError) as exc:
+        log.error("RPC %r for %s returned a value that is not JSON: %s", method, who, exc)
+        return {"error": f"{method!r} returned a value that is not JSON", "code": "internal"}, True
+    return result, False
 
 
 async def _ping(_params: Any) -> Any:

@@ -218,10 +218,7 @@ async def provision(
             except Exception:
                 log.exception("provisioning phase listener failed")
 
-    request, pending = await build_request(settings, device_name)
-    payload = json.dumps(request).encode()
-    answer = await _exchange(settings, payload, device_name, report)
-    creds = interpret_answer(answer, settings.credentials_type, pending)
+    creds = await request_credentials(settings, device_name, on_phase=report)
     try:
         saved = await asyncio.to_thread(
             store.save,
@@ -245,14 +242,35 @@ async def provision(
     return saved
 
 
-async def build_request(settings: ProvisionSettings, device_name: str) -> tuple[dict[str, Any], NewCredentials | None]:
+async def request_credentials(
+    settings: ProvisionSettings,
+    device_name: str,
+    *,
+    gateway: bool = True,
+    on_phase: Callable[[Phase, str], None] | None = None,
+) -> NewCredentials:
+    """One provisioning exchange for ``device_name``: the credentials granted, not stored yet.
+
+    ``gateway`` False provisions a plain device (per-device mode: ``"gateway"`` is left out of the
+    request). Raises as :func:`provision`; the caller stores the result.
+    """
+    request, pending = await build_request(settings, device_name, gateway=gateway)
+    payload = json.dumps(request).encode()
+    answer = await _exchange(settings, payload, device_name, on_phase or (lambda _p, _t: None))
+    return interpret_answer(answer, settings.credentials_type, pending)
+
+
+async def build_request(
+    settings: ProvisionSettings, device_name: str, *, gateway: bool = True
+) -> tuple[dict[str, Any], NewCredentials | None]:
     """The request, and what the gateway generated for it (None: the server generates a token)."""
     request: dict[str, Any] = {
         "deviceName": device_name,
         "provisionDeviceKey": settings.key,
         "provisionDeviceSecret": settings.secret,
-        "gateway": True,
     }
+    if gateway:
+        request["gateway"] = True
     pending: NewCredentials | None = None
     kind = settings.credentials_type
     if kind == "ACCESS_TOKEN":

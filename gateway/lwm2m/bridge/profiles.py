@@ -25,6 +25,15 @@ ThingsBoard profile JSON)::
     priority = 0                             # higher is tried first
     default = false                          # the profile for endpoints nothing else matches
 
+    [upstream]                               # how its endpoints reach ThingsBoard
+    mode = "gateway"                         # "gateway": child devices over the gateway's connection
+                                             # "device": each endpoint its own device-API session,
+                                             # provisioned on first sight with the key/secret below
+    provision_key = "..."                    # "device" only: the ThingsBoard device profile's
+    provision_secret = "..."                 #   provisioning key and secret (never logged)
+    credentials_type = ""                    # "" (server-generated token), ACCESS_TOKEN, MQTT_BASIC,
+                                             #   X509_CERTIFICATE
+
     [paths."/3303_1.1/0/5700"]               # versioned (ThingsBoard) or plain (/3303/0/5700) path
     key = "temperature"                      # default: camelCase of the resource name ("sensorValue")
     telemetry = true
@@ -71,6 +80,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileSet",
+    "ProfileUpstream",
     "camel_case_key",
     "default_key",
     "load_profile_file",
@@ -134,6 +144,24 @@ class PathSpec:
         return self.path.ids[0]
 
 
+UPSTREAM_MODES: Final = ("gateway", "device")
+PROVISION_CREDENTIALS_TYPES: Final = ("", "ACCESS_TOKEN", "MQTT_BASIC", "X509_CERTIFICATE")
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileUpstream:
+    """The profile's ``[upstream]`` table: gateway API (default) or one device-API session per endpoint."""
+
+    mode: Literal["gateway", "device"] = "gateway"
+    provision_key: str = field(default="", repr=False)
+    provision_secret: str = field(default="", repr=False)
+    credentials_type: str = ""
+
+    @property
+    def per_device(self) -> bool:
+        return self.mode == "device"
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """One LwM2M device profile (see the module docstring for the meaning of each field)."""
@@ -151,6 +179,7 @@ class Profile:
     priority: int = 0
     default: bool = False
     source: str = "built-in"
+    upstream: ProfileUpstream = ProfileUpstream()
     #: ThingsBoard settings the bridge does not use (OTA strategies, power mode...), kept for people.
     thingsboard: Mapping[str, Any] = field(default_factory=dict)
 
@@ -268,8 +297,10 @@ _TOP_KEYS: Final = (
     "match",
     "paths",
     "thingsboard",
+    "upstream",
 )
 _MATCH_KEYS: Final = ("endpoints", "objects", "priority", "default")
+_UPSTREAM_KEYS: Final = ("mode", "provision_key", "provision_secret", "credentials_type")
 _PATH_KEYS: Final = ("key", "telemetry", "attribute", "observe", *NOTIFY_ATTRIBUTES)
 _VERSION: Final = re.compile(r"^\d{1,4}\.\d{1,4}$")
 _KEY: Final = re.compile(r"^[^\s\x00-\x1f]{1,255}$")
@@ -377,6 +408,8 @@ def parse_profile(
             seen_keys[spec.key] = text
         specs.append(spec)
 
+    upstream = _upstream(data.get("upstream", {}), source, problems)
+
     thingsboard = data.get("thingsboard", {})
     if not isinstance(thingsboard, Mapping):
         problems.append(f"{source}: thingsboard: expected a table")
@@ -398,8 +431,44 @@ def parse_profile(
         priority=priority,
         default=is_default,
         source=source,
+        upstream=upstream,
         thingsboard=dict(thingsboard),
     )
+
+
+def _upstream(table: object, source: str, problems: list[str]) -> ProfileUpstream:
+    """The ``[upstream]`` table; problems name the key (never the secret's value)."""
+    if not isinstance(table, Mapping):
+        problems.append(f"{source}: upstream: expected a table (mode, provision_key, provision_secret...)")
+        return ProfileUpstream()
+    _unknown(table, _UPSTREAM_KEYS, "upstream.", source, problems)
+    mode = table.get("mode", "gateway")
+    if mode not in UPSTREAM_MODES:
+        problems.append(f'{source}: upstream.mode: expected "gateway" or "device", got {mode!r}')
+        mode = "gateway"
+    texts: dict[str, str] = {}
+    for key in ("provision_key", "provision_secret", "credentials_type"):
+        value = table.get(key, "")
+        if not isinstance(value, str):
+            shown = "a secret" if key == "provision_secret" else repr(value)
+            problems.append(f"{source}: upstream.{key}: expected a string, got {shown}")
+            value = ""
+        texts[key] = value
+    if texts["credentials_type"] not in PROVISION_CREDENTIALS_TYPES:
+        problems.append(
+            f"{source}: upstream.credentials_type: expected one of ACCESS_TOKEN, MQTT_BASIC, X509_CERTIFICATE "
+            f'(or "" for a server-generated token), got {texts["credentials_type"]!r}'
+        )
+    if mode == "device":
+        for key in ("provision_key", "provision_secret"):
+            if not texts[key]:
+                problems.append(
+                    f'{source}: upstream.{key}: required with mode = "device" (the ThingsBoard device '
+                    "profile's provisioning settings)"
+                )
+    elif texts["provision_key"] or texts["provision_secret"]:
+        problems.append(f'{source}: upstream: provision_key/provision_secret are only used with mode = "device"')
+    return ProfileUpstream(mode, texts["provision_key"], texts["provision_secret"], texts["credentials_type"])
 
 
 def parse_versioned_path(text: str) -> tuple[LwM2mPath, str | None]:
