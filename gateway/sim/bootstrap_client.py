@@ -106,6 +106,7 @@ class DtlsLink:
         return self.sock.fileno()
 
     def close(self) -> None:
+        self.on_failure = None  # closed on purpose
         with contextlib.suppress(Exception):
             if self.session.established:
                 self.session.close()
