@@ -61,11 +61,18 @@ class Site:
         self.store.close()
 
 
-async def open_site(state: Path, *, ports: dict[str, int] | None = None, **settings: Any) -> Site:
+async def open_site(
+    state: Path, *, ports: dict[str, int] | None = None, server_credentials: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Site:
+    """``server_credentials``: rpk/x509/trust of both servers (as the gateway shares them)."""
     ports = ports or {}
     loop = asyncio.get_running_loop()
     clients = ClientStore.open(state / "clients.sqlite3")
     store = BootstrapStore.open(state / "bootstrap.sqlite3")
+    if server_credentials:
+        clients.set_server_credentials(**server_credentials)
+        store.set_server_credentials(**server_credentials)
     registered = Registered()
     lwm2m = LwM2mServer(config=ServerConfig(), registration_check=SecurityBinding(clients), listener=registered)
     await lwm2m.start(("127.0.0.1", ports.get("lwm2m", 0)))
