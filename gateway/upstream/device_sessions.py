@@ -127,6 +127,7 @@ class DeviceModeSettings:
     reconnect_max: float = 60.0
     rejected_retry: float = 600.0
     limits_timeout: float = 10.0
+    ask_session_limits: bool = True  # False: ThingsBoard's defaults at once (a plain broker, benchmarks)
     credentials_dir: Path
     max_sessions: int = 1000
     provision_concurrency: int = 4
@@ -510,6 +511,7 @@ class DeviceSessions:
                 reconnect_max=st.reconnect_max,
                 rejected_retry=st.rejected_retry,
                 limits_timeout=st.limits_timeout,
+                ask_session_limits=st.ask_session_limits,
                 subscriptions=DEVICE_SUBSCRIPTIONS,
             )
         )

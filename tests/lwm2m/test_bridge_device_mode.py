@@ -53,7 +53,7 @@ WRONG_SECRET_PROFILE = DEVICE_PROFILE.replace('name = "dev-sensor"', 'name = "de
 ).replace(SECRET, "not-the-secret")
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, lwm2m_extra: str = "") -> Path:
     profiles_dir = tmp_path / "profiles"
     profiles_dir.mkdir(exist_ok=True)
     (profiles_dir / "device.toml").write_text(DEVICE_PROFILE)
@@ -79,6 +79,7 @@ port = 0
 dtls = false
 admit_unknown_nosec = true
 profiles_dir = "profiles"
+{lwm2m_extra}
 [gpio]
 enabled = false
 """)
@@ -244,3 +245,30 @@ async def test_uplink_down_then_up_nothing_lost_order_kept(tmp_path: Path) -> No
             received = [(int(v["temperature"]), ts) for ts, v in emu.device(name).telemetry if "temperature" in v]
             assert received == items, name
         assert emu.children(GW) == []
+
+
+async def test_sessions_are_capped_and_idle_ones_make_room_for_data(tmp_path: Path) -> None:
+    async with emulator() as (emu, link):
+        cfg_file = write_config(tmp_path, link.port, "device_sessions_max = 3")
+        async with gateway(cfg_file) as gw, fleet(gw, 6, "dev-") as f:
+            assert gw.device_sessions is not None
+            sessions = gw.device_sessions
+            names = [c.endpoint for c in f.clients]
+            # all six are provisioned, but only three get a session; the others wait (never unbounded)
+            await until(sessions, lambda: sessions.stats().provisioned == 6)
+            await emu.wait_for(lambda: sum(own_session(emu, n) for n in names) == 3, 10)
+            assert sessions.stats().sessions_open == 3 and sessions.stats().waiting_for_session == 3
+            peak = 0
+
+            def all_delivered() -> bool:
+                nonlocal peak
+                peak = max(peak, sum(emu.devices[n].connected for n in names if n in emu.devices))
+                return all(values_of(emu, n, "temperature") for n in names)
+
+            # each reports once: those without a session take the least recently idle ones' places
+            for i, client in enumerate(f.clients):
+                send_sequence(client, i, time.time())
+            await emu.wait_for(all_delivered, 20)
+            assert peak <= 3 and sessions.stats().sessions_open <= 3
+            assert sessions.stats().evictions >= 3
+            assert [values_of(emu, n, "temperature") for n in names] == [[float(i)] for i in range(6)]
