@@ -44,6 +44,13 @@ def test_thingsboard_bootstrap_parts_parse_and_round_trip(fixture: str) -> None:
     assert again == cfg
 
 
+def test_acl_round_trip() -> None:
+    obj = {"endpoint": "e", "acl": [{"objectId": 3, "instanceId": 0, "access": {"1": 3, "0": 1}, "owner": 1}]}
+    cfg = parse_config(obj)
+    assert cfg.acl[0].access == ((0, 1), (1, 3))
+    assert parse_config(config_to_json(cfg)) == cfg
+
+
 @pytest.mark.parametrize(("obj", "where"), [
     ({"bootstrap": {}}, "config"),
     ({"endpoint": "a", "pattern": "b*"}, "config"),
@@ -59,6 +66,8 @@ def test_thingsboard_bootstrap_parts_parse_and_round_trip(fixture: str) -> None:
     ({"endpoint": "a", "servers": [{"binding": "Z"}]}, "config.servers[0].binding"),
     ({"endpoint": "a", "servers": [{"bootstrapServerIs": True}]}, "config.servers[0].bootstrapServerIs"),
     ({"endpoint": "a", "servers": [{}, {}]}, "config.servers"),
+    ({"endpoint": "a", "acl": [{"objectId": 3, "access": {"x": 1}}]}, "config.acl[0].access"),
+    ({"endpoint": "a", "acl": [{"objectId": 3, "access": {"1": 99}}]}, "config.acl[0].access.1"),
 ])
 def test_bad_configurations_name_the_key(obj: dict[str, Any], where: str) -> None:
     with pytest.raises(CredentialsFormatError) as info:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,9 +157,13 @@ def tlv_instance_body(payload: bytes) -> bytes:
 
 async def test_aiocoap_client_nosec_account(site: Site) -> None:
     site.store.put(parse_config({"endpoint": "aio-2", "bootstrap": {
-        "bootstrapServer": {"securityMode": "NO_SEC"}, "lwm2mServer": {"securityMode": "NO_SEC"}}}))
+        "bootstrapServer": {"securityMode": "NO_SEC"}, "lwm2mServer": {"securityMode": "NO_SEC"}},
+        "acl": [{"objectId": 3, "instanceId": 0, "access": {"1": 3}, "owner": 1}]}))
     device = await aiocoap_bootstrap(site, "aio-2", 11542)
     writes = {path: payload for code, path, _, payload in device.requests if code == Code.PUT}
+    acl = tlv(writes[("2", "0")])  # Access Control: object 3, instance 0, ACL {ssid 1: R|W}, owner 1
+    assert acl[0] == b"\x03" and acl[1] == b"\x00" and acl[3] == b"\x01"
+    assert acl[2] == bytes.fromhex("410103")  # resource instance 1 (the ssid), 1 byte, value 3
     security = tlv(writes[("0", "1")])
     assert security[2] == b"\x03" and security[3] == b"" and security[5] == b""
     assert security[0] == f"coap://127.0.0.1:{site.ports['lwm2m']}".encode()
@@ -221,3 +226,26 @@ async def test_bootstrap_pack_over_aiocoap(site: Site) -> None:
     assert values[LwM2mPath(0, 1, 2)] == 0 and values[LwM2mPath(1, 0, 0)] == values[LwM2mPath(0, 1, 10)]
     pending = site.clients.pending("pack-1")  # no Finish after a pack: confirmed by the first Register
     assert pending is not None and pending.identity == values[LwM2mPath(0, 1, 3)]
+
+
+async def test_bad_bootstrap_requests_get_clear_answers(site: Site) -> None:
+    site.store.put(parse_config({"endpoint": "ok-1", "bootstrap": {
+        "bootstrapServer": {"securityMode": "NO_SEC"}, "lwm2mServer": {"securityMode": "NO_SEC"}}}))
+    base = f"coap://127.0.0.1:{site.ports['bootstrap']}"
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        async def ask(code: Code, path: str) -> tuple[Code, bytes]:
+            response = await ctx.request(Message(code=code, uri=base + path)).response
+            return response.code, response.payload
+
+        assert (await ask(Code.POST, "/bs"))[0] == Code.BAD_REQUEST  # no ep
+        assert (await ask(Code.POST, "/bs?ep=ok-1&pct=abc"))[0] == Code.UNSUPPORTED_CONTENT_FORMAT
+        assert (await ask(Code.POST, "/bs?ep=ok-1&pct=60"))[0] == Code.UNSUPPORTED_CONTENT_FORMAT
+        assert (await ask(Code.POST, "/bs?ep=" + "x" * 300))[0] == Code.BAD_REQUEST
+        assert (await ask(Code.GET, "/bs"))[0] == Code.METHOD_NOT_ALLOWED
+        assert (await ask(Code.POST, "/rd?ep=ok-1"))[0] == Code.NOT_FOUND
+        site.bootstrap.settings = dataclasses.replace(site.bootstrap.settings, max_active=0)
+        code, text = await ask(Code.POST, "/bs?ep=ok-1")
+        assert code == Code.SERVICE_UNAVAILABLE and b"try again" in text
+    finally:
+        await ctx.shutdown()

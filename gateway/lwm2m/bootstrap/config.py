@@ -114,6 +114,17 @@ class ServerAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class AclEntry:
+    """One Access Control instance (object 2): who may do what on object instance ``/oid/iid``.
+    ``access``: short server id -> bits (1 Read/Observe, 2 Write, 4 Execute, 8 Delete, 16 Create)."""
+
+    object_id: int
+    instance_id: int
+    access: tuple[tuple[int, int], ...]
+    owner: int
+
+
+@dataclass(frozen=True, slots=True)
 class BootstrapConfig:
     """One configuration (see the module docstring)."""
 
@@ -124,6 +135,7 @@ class BootstrapConfig:
     servers: tuple[ServerAccount, ...] = ()
     source: Source = Source.CLI
     updated_ms: int = field(default=0, compare=False)
+    acl: tuple[AclEntry, ...] = ()
 
     def matches(self, endpoint: str) -> bool:
         return fnmatch.fnmatchcase(endpoint, self.name) if self.is_pattern else endpoint == self.name
@@ -137,6 +149,7 @@ class BootstrapConfig:
             bootstrap_server=self.bootstrap_server or template.bootstrap_server,
             lwm2m_server=self.lwm2m_server or template.lwm2m_server,
             servers=self.servers or template.servers,
+            acl=self.acl or template.acl,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -163,7 +176,7 @@ def parse_config(obj: object, *, source: Source = Source.CLI, where: str = "conf
     """A configuration from its JSON object; BootstrapConfigError names the key that is wrong."""
     if not isinstance(obj, Mapping):
         raise _problem(where, "expected a JSON object")
-    known = {"endpoint", "pattern", "bootstrap", "servers", "bootstrapServer", "lwm2mServer"}
+    known = {"endpoint", "pattern", "bootstrap", "servers", "bootstrapServer", "lwm2mServer", "acl"}
     unknown = sorted(set(obj) - known)
     if unknown:
         raise _problem(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
@@ -197,7 +210,32 @@ def parse_config(obj: object, *, source: Source = Source.CLI, where: str = "conf
     ids = [s.short_server_id for s in servers]
     if len(set(ids)) != len(ids):
         raise _problem(f"{where}.servers", "short server ids must be unique")
-    return BootstrapConfig(name, is_pattern, auth, security, servers, source)
+    acl_obj = obj.get("acl", [])
+    if not isinstance(acl_obj, list):
+        raise _problem(f"{where}.acl", "expected a list of access control entries")
+    acl = tuple(_acl(a, f"{where}.acl[{i}]") for i, a in enumerate(acl_obj))
+    return BootstrapConfig(name, is_pattern, auth, security, servers, source, acl=acl)
+
+
+def _acl(obj: object, where: str) -> AclEntry:
+    if not isinstance(obj, Mapping):
+        raise _problem(where, "expected a JSON object with objectId, instanceId, access, owner")
+    access = obj.get("access", {})
+    if not isinstance(access, Mapping):
+        raise _problem(f"{where}.access", 'expected {"<short server id>": <bits>}')
+    rights = []
+    for ssid, bits in access.items():
+        if not str(ssid).isdigit() or not 0 <= int(ssid) <= 65535:
+            raise _problem(f"{where}.access", f"{ssid!r} is not a short server id (0: default for all)")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 0 <= bits <= 31:
+            raise _problem(f"{where}.access.{ssid}", "expected access bits 0-31 (1 R, 2 W, 4 E, 8 D, 16 C)")
+        rights.append((int(ssid), bits))
+    return AclEntry(
+        _int(obj, "objectId", -1, where, 1, 65534),
+        _int(obj, "instanceId", 65535, where, 0, 65535),
+        tuple(sorted(rights)),
+        _int(obj, "owner", 0, where, 0, 65535),
+    )
 
 
 def _auth(obj: object, where: str) -> BootstrapAuth:
@@ -331,6 +369,12 @@ def config_to_json(cfg: BootstrapConfig) -> dict[str, Any]:
         part["lwm2mServer"] = s
     if part:
         out["bootstrap"] = part
+    if cfg.acl:
+        out["acl"] = [
+            {"objectId": a.object_id, "instanceId": a.instance_id, "access": {str(k): v for k, v in a.access},
+             "owner": a.owner}
+            for a in cfg.acl
+        ]
     if cfg.servers:
         out["servers"] = [
             {

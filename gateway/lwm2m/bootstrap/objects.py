@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from gateway.lwm2m.bootstrap.config import AclEntry
 from gateway.lwm2m.bootstrap.session import Op, Step
 from gateway.lwm2m.codec import ContentFormat, encode
 from gateway.lwm2m.model.registry import ModelRegistry
 from gateway.lwm2m.model.types import ResourceType
-from gateway.lwm2m.node import ObjectInstanceNode, SingleResource, Value
+from gateway.lwm2m.node import MultipleResource, ObjectInstanceNode, Resource, SingleResource, Value
 from gateway.lwm2m.path import LwM2mPath
 from gateway.lwm2m.tbcredentials import SecurityMode
 
@@ -73,9 +74,22 @@ def server_instance(iid: int, w: ServerWrite) -> ObjectInstanceNode:
     return ObjectInstanceNode(iid, {r.id: r for r in resources})
 
 
-def write_steps(servers: list[ServerWrite], taken: frozenset[int], fmt: int) -> list[Step]:
+def acl_instance(iid: int, a: AclEntry) -> ObjectInstanceNode:
+    resources: list[Resource] = [
+        _r(0, a.object_id, ResourceType.INTEGER),
+        _r(1, a.instance_id, ResourceType.INTEGER),
+        _r(3, a.owner, ResourceType.INTEGER),
+    ]
+    if a.access:
+        resources.append(MultipleResource(2, dict(a.access), ResourceType.INTEGER))
+    return ObjectInstanceNode(iid, {r.id: r for r in resources})
+
+
+def write_steps(
+    servers: list[ServerWrite], taken: frozenset[int], fmt: int, acl: tuple[AclEntry, ...] = ()
+) -> list[Step]:
     """Bootstrap-Write steps for ``servers``: Security instances in ids not in ``taken`` (the
-    bootstrap-server account's), Server instances from 0."""
+    bootstrap-server account's), Server instances from 0; then the Access Control instances."""
     steps = []
     free = (i for i in range(65535) if i not in taken)
     for n, w in enumerate(servers):
@@ -83,6 +97,9 @@ def write_steps(servers: list[ServerWrite], taken: frozenset[int], fmt: int) -> 
         steps.append(Step(Op.WRITE, sec, encode(fmt, security_instance(sec.ids[1], w), sec, _MODELS.model_of), fmt))
         srv = LwM2mPath(1, n)
         steps.append(Step(Op.WRITE, srv, encode(fmt, server_instance(n, w), srv, _MODELS.model_of), fmt))
+    for n, a in enumerate(acl):
+        path = LwM2mPath(2, n)
+        steps.append(Step(Op.WRITE, path, encode(fmt, acl_instance(n, a), path, _MODELS.model_of), fmt))
     return steps
 
 

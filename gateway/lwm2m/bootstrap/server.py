@@ -325,7 +325,7 @@ class BootstrapServer:
     def _build_writes(self, b: _Bootstrap, taken: frozenset[int]) -> list[Step]:
         b.servers = self._resolve(b.endpoint, b.config, b)
         try:
-            return write_steps(b.servers, taken, b.fmt)
+            return write_steps(b.servers, taken, b.fmt, b.config.acl)
         except CodecError as exc:
             raise BootstrapError(f"cannot encode the server accounts: {exc}") from None
 
