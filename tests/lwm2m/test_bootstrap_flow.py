@@ -222,3 +222,22 @@ async def test_server_initiated_bootstrap(site: Site) -> None:
         assert first is not None and second is not None and first.key != second.key  # bootstrapped again
     finally:
         await fleet.close()
+
+
+async def test_a_new_bootstrap_request_replaces_a_stuck_one(tmp_path: Path) -> None:
+    s = await open_site(tmp_path, request_timeout=60.0)  # the stuck request would hold the device for 60 s
+    try:
+        add(s, psk_config("dev-000000", {"securityMode": "PSK", "generate": True}))
+        fleet = await fleet_of(s, 1, dtls=True)
+        client = fleet.bs_client("dev-000000")
+        client.silent = True  # receives the Delete, answers nothing
+        fleet.bootstrap_all()
+        await fleet.until(lambda: fleet.stats["requests_received"] >= 1)
+        client.silent = False
+        client.bootstrap()  # the device asks again (its own bootstrap timed out)
+        # the unanswered Delete is dropped at once, not left to hold the device's turn until a CoAP
+        # retransmission (>= 2 s, ACK_TIMEOUT) gets it answered
+        await s.registered.until(lambda: len(s.registered.registrations) == 1, timeout=1.8)
+        await fleet.close()
+    finally:
+        await s.close()

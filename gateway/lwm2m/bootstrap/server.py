@@ -82,7 +82,7 @@ class BootstrapSettings:
 class _Bootstrap:
     """One bootstrap in progress."""
 
-    __slots__ = ("config", "endpoint", "fmt", "generated", "mman", "peer", "remote", "servers", "session")
+    __slots__ = ("config", "endpoint", "fmt", "future", "generated", "mman", "peer", "remote", "servers", "session")
 
     def __init__(self, endpoint: str, remote: Any, mman: Any, config: BootstrapConfig, fmt: int) -> None:
         self.endpoint = endpoint
@@ -94,6 +94,7 @@ class _Bootstrap:
         self.generated = False
         self.servers: list[ServerWrite] = []
         self.session: BootstrapSession
+        self.future: asyncio.Future[Message] | None = None  # the request in flight
 
 
 def primary_address() -> str:
@@ -412,6 +413,7 @@ class BootstrapServer:
             b.session.abort(f"{step}: cannot send: {exc}")
             self._done(b)
             return
+        b.future = future
         future.add_done_callback(functools.partial(self._answered, b, step))
 
     def _answered(self, b: _Bootstrap, step: Step, future: asyncio.Future[Message]) -> None:
@@ -441,6 +443,8 @@ class BootstrapServer:
     def _done(self, b: _Bootstrap) -> None:
         if self._active.get(b.endpoint) is b:
             del self._active[b.endpoint]
+        if b.future is not None and not b.future.done():
+            b.future.cancel()  # aborted: free the device's turn (NSTART=1) for what comes next
         session = b.session
         servers = ", ".join(w.uri for w in b.servers)
         if session.result is Result.SUCCESS:
