@@ -59,7 +59,14 @@ from aiocoap.numbers.types import Type
 from aiocoap.tokenmanager import TokenManager
 
 from gateway.logs import RateLimited
-from gateway.lwm2m.server.udp import NotificationSink, parse_notification
+from gateway.lwm2m.server.fastpath import (
+    CON_TKL6,
+    NON_TKL6,
+    TOKEN_LENGTH,
+    NotificationSink,
+    empty_ack,
+    parse_notification,
+)
 from gateway.serial.port import ByteLink, LinkError, LinkState, SerialLink, WriteQueueFull
 from gateway.transport.slipmux_frames import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -89,10 +96,6 @@ DIAGNOSTIC_RATE: Final = 1.0
 
 _MAX_BLOCK_EXP: Final = 6
 _CON: Final = Type.CON
-# Notification fast path: a CON or NON 2.xx response with a 6-byte token (the LwM2M server's)
-_TOKEN_LENGTH: Final = 6
-_CON_TKL6: Final = 0x46
-_NON_TKL6: Final = 0x56
 
 
 def register_scheme() -> None:
@@ -313,8 +316,8 @@ class SlipmuxTransport(interfaces.MessageInterface):  # type: ignore[misc]  # ai
         if mman is None:
             return
         if (
-            len(data) > 4 + _TOKEN_LENGTH
-            and data[0] in (_NON_TKL6, _CON_TKL6)
+            len(data) > 4 + TOKEN_LENGTH
+            and data[0] in (NON_TKL6, CON_TKL6)
             and data[1] >> 5 == 2
             and self._fast_notification(data)
         ):
@@ -340,7 +343,7 @@ class SlipmuxTransport(interfaces.MessageInterface):  # type: ignore[misc]  # ai
         sink = self.notification_sink
         if sink is None:
             return False
-        observation = sink.observation_for(data[4 : 4 + _TOKEN_LENGTH])
+        observation = sink.observation_for(data[4 : 4 + TOKEN_LENGTH])
         if observation is None or (observation.remote is not self.remote and observation.remote != self.remote):
             return False
         parsed = parse_notification(data)
@@ -349,8 +352,8 @@ class SlipmuxTransport(interfaces.MessageInterface):  # type: ignore[misc]  # ai
         self.messages_in += 1
         self.fast_notifications += 1
         barrier = sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
-        if data[0] == _CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
-            sink.acks.after(barrier, functools.partial(self._send_ack, bytes((0x60, 0, data[2], data[3]))))
+        if data[0] == CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
+            sink.acks.after(barrier, functools.partial(self._send_ack, empty_ack(data)))
         return True
 
     def _send_ack(self, ack: bytes, kept: bool) -> None:

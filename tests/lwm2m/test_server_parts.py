@@ -129,7 +129,7 @@ def test_the_aiocoap_internals_the_server_relies_on_exist() -> None:
 
 
 def test_parse_notification_fast_path() -> None:
-    from gateway.lwm2m.server.udp import parse_notification
+    from gateway.lwm2m.server.fastpath import parse_notification
 
     token = b"abcdef"
     head = bytes((0x56, 0x45, 0x12, 0x34)) + token

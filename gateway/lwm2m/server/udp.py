@@ -19,7 +19,8 @@ server's 6-byte token -- is matched against the server's observations (:class:`N
 straight from the bytes; if it belongs to one, from the same address, and carries only the options a
 notification has (Observe, Content-Format, ETag, Max-Age, Size2), it is acknowledged (CON) and handed
 over without ever becoming a ``Message``. Anything else (block-wise notifications, other options,
-unknown tokens) takes the normal path through aiocoap.
+unknown tokens) takes the normal path through aiocoap. The wire side of it is shared with the serial
+transport: :mod:`gateway.lwm2m.server.fastpath`.
 """
 
 from __future__ import annotations
@@ -31,88 +32,24 @@ import functools
 import logging
 import socket
 import sys
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from aiocoap import Message, error, interfaces
 from aiocoap.message import Direction
 
-from gateway.lwm2m.server.durable import DurableAcks
+from gateway.lwm2m.server.fastpath import (
+    CON_TKL6,
+    NON_TKL6,
+    TOKEN_LENGTH,
+    NotificationSink,
+    empty_ack,
+    parse_notification,
+)
 
 READ_BATCH: Final = 256
 MAX_DATAGRAM: Final = 65535
 
 Sockaddr = tuple[Any, ...]
-
-_NOTIFICATION_TOKEN_LENGTH: Final = 6
-_CON_TKL6: Final = 0x46  # version 1, CON, token length 6
-_NON_TKL6: Final = 0x56  # version 1, NON, token length 6
-#: Options a notification may carry on the fast path: ETag 4, Observe 6, Content-Format 12,
-#: Max-Age 14, Size2 28. Anything else (Block2 23 above all) goes the normal way.
-_FAST_OPTIONS: Final = frozenset({4, 6, 12, 14, 28})
-
-
-class NotificationSink(Protocol):
-    """What the fast path needs from the server (its token table)."""
-
-    def observation_for(self, token: bytes) -> Any:
-        """The observation with this token (an object with ``.remote``), or None."""
-
-    acks: DurableAcks
-
-    def notification(self, observation: Any, code: int, seq: int | None, content_format: int | None,
-                     payload: bytes) -> asyncio.Future[None] | None:
-        """A notification for ``observation``; returns the barrier its ACK waits for (or None)."""
-
-
-def parse_notification(data: bytes) -> tuple[int | None, int | None, bytes] | None:
-    """(Observe, Content-Format, payload) of a notification with a 6-byte token, from its bytes; None
-    if it carries any other option (or is malformed): then it is left to aiocoap.
-
-    >>> parse_notification(bytes.fromhex("5645 04d2 616263646566 61 0c 60 ff 32322e35"))
-    (12, 0, b'22.5')
-    """
-    n = len(data)
-    pos = 4 + _NOTIFICATION_TOKEN_LENGTH
-    number = 0
-    observe: int | None = None
-    content_format: int | None = None
-    while pos < n:
-        byte = data[pos]
-        pos += 1
-        if byte == 0xFF:
-            return (observe, content_format, data[pos:]) if pos < n else None
-        delta = byte >> 4
-        length = byte & 0x0F
-        if delta == 13:
-            if pos >= n:
-                return None
-            delta = data[pos] + 13
-            pos += 1
-        elif delta == 14:
-            if pos + 1 >= n:
-                return None
-            delta = (data[pos] << 8 | data[pos + 1]) + 269
-            pos += 2
-        elif delta == 15:
-            return None
-        if length == 13:
-            if pos >= n:
-                return None
-            length = data[pos] + 13
-            pos += 1
-        elif length >= 14:
-            return None  # no option of a notification is that long
-        number += delta
-        end = pos + length
-        if end > n or number not in _FAST_OPTIONS:
-            return None
-        if number == 6:
-            observe = int.from_bytes(data[pos:end], "big")
-        elif number == 12:
-            content_format = int.from_bytes(data[pos:end], "big")
-        pos = end
-    return observe, content_format, b""
-
 
 def hostinfo(sockaddr: Sockaddr) -> str:
     """``host:port`` for people, IPv4-mapped IPv6 addresses shown as IPv4."""
@@ -252,7 +189,7 @@ class UdpTransport(interfaces.MessageInterface):  # type: ignore[misc]  # aiocoa
                 continue
             self.received += 1
             data = bytes(view[:n])
-            if n > 9 and data[0] in (_NON_TKL6, _CON_TKL6) and data[1] >> 5 == 2 and self._fast(data, addr):
+            if n > 9 and data[0] in (NON_TKL6, CON_TKL6) and data[1] >> 5 == 2 and self._fast(data, addr):
                 continue
             remote = UdpRemote(addr, self)
             try:
@@ -271,9 +208,9 @@ class UdpTransport(interfaces.MessageInterface):  # type: ignore[misc]  # aiocoa
 
     def _fast(self, data: bytes, addr: Sockaddr) -> bool:
         sink = self.notification_sink
-        if sink is None or len(data) < 4 + _NOTIFICATION_TOKEN_LENGTH:
+        if sink is None or len(data) < 4 + TOKEN_LENGTH:
             return False
-        observation = sink.observation_for(data[4 : 4 + _NOTIFICATION_TOKEN_LENGTH])
+        observation = sink.observation_for(data[4 : 4 + TOKEN_LENGTH])
         if observation is None or not observation.remote.is_address(addr, self):
             return False
         parsed = parse_notification(data)
@@ -281,8 +218,8 @@ class UdpTransport(interfaces.MessageInterface):  # type: ignore[misc]  # aiocoa
             return False
         self.fast_notifications += 1
         barrier = sink.notification(observation, data[1], parsed[0], parsed[1], parsed[2])
-        if data[0] == _CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
-            sink.acks.after(barrier, functools.partial(self._send_ack, bytes((0x60, 0, data[2], data[3])), addr))
+        if data[0] == CON_TKL6:  # an empty ACK with the notification's message id, once it is kept
+            sink.acks.after(barrier, functools.partial(self._send_ack, empty_ack(data), addr))
         return True
 
     def _send_ack(self, ack: bytes, addr: Sockaddr, kept: bool) -> None:
