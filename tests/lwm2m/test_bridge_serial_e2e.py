@@ -22,6 +22,12 @@ from gateway.serial.port import FdLink, LinkState
 from gateway.sim.lwm2m_client import Fleet, SimClient
 
 PORT = "meter"
+# The e2e profile without its writable key (utcOffset, /3/0/14): the bridge's shared-attribute sync on
+# registration sends an attribute request straight over MQTT, which can overtake the CONNECT still in
+# the outbox, and the emulator (as ThingsBoard would) then creates the device with the default type.
+# That race is the bridge's, not the serial line's; this test compares UDP with serial without it.
+PROFILE = SENSOR.replace('[paths."/3/0/14"]\nkey = "utcOffset"\n', "")
+assert PROFILE != SENSOR
 
 
 def serial_port_config(path: str) -> str:
@@ -92,7 +98,7 @@ async def test_same_client_over_udp_and_over_serial_gives_identical_thingsboard_
     tty.setraw(master)
     path = os.ttyname(slave)  # kept open here until the end: a pty nobody holds the slave of reads EIO
     try:
-        async with site(tmp_path, [SENSOR], serial_port_config(path)) as s:
+        async with site(tmp_path, [PROFILE], serial_port_config(path)) as s:
             (transport,) = s.gateway.slipmux
             assert transport.link.state is LinkState.OPEN and transport.port_name == PORT
             udp = Fleet(s.server.address, 1, prefix="sim-udp-")
