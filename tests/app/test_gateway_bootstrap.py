@@ -89,6 +89,12 @@ trust = "always"
             rc, out = await asyncio.to_thread(cli, "bootstrap", "trigger", ep, "-c", str(f), "--json")
             assert rc == 0 and json.loads(out)["result"] == "2.04"
             await fleet.until(lambda: fleet.stats["bootstrap_finished"] == 2, timeout=30)
+            await fleet.until(lambda: fleet.registered == 1, timeout=30)
+            reply = await emu.rpc(GW, "lwm2mBootstrapTrigger", {"endpoint": ep}, timeout=10)
+            assert reply == {"endpoint": ep, "result": "2.04"}, reply
+            await fleet.until(lambda: fleet.stats["bootstrap_finished"] == 3, timeout=30)
+            reply = await emu.rpc(GW, "lwm2mBootstrapTrigger", {"endpoint": "nobody"}, timeout=10)
+            assert "error" in reply
         finally:
             if fleet is not None:
                 await fleet.close()

@@ -367,7 +367,8 @@ class BootstrapServer:
             return b"", b""
         if not security.generate:
             assert security.public_key_or_id is not None and security.secret_key is not None
-            if security.mode is SecurityMode.PSK and self.clients.psk_key(security.public_key_or_id) is None:
+            known = self.clients.psk_key(security.public_key_or_id) if security.mode is SecurityMode.PSK else None
+            if security.mode is SecurityMode.PSK and known != security.secret_key:
                 self._pending(ClientEntry.psk(endpoint, security.public_key_or_id, security.secret_key))
                 if b is not None:
                     b.generated = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.lwm2m.codec import ContentFormat
@@ -50,7 +50,7 @@ class Step:
 
     op: Op
     path: LwM2mPath
-    payload: bytes = b""
+    payload: bytes = field(default=b"", repr=False)  # a Security instance carries keys
     content_format: int | None = None
 
     def __str__(self) -> str:
