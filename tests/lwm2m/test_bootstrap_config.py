@@ -145,3 +145,16 @@ def test_session_sequence_and_policy() -> None:
     s.start()
     s.on_answer(0x42, b""), s.on_answer(0x44, b""), s.on_answer(0x44, b"")
     assert s.on_answer(0x86, b"inconsistent") is None and "4.06" in s.detail
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(st.integers(0, 255), st.binary(max_size=40))), max_size=12))
+def test_any_answers_from_a_device_end_the_session_cleanly(answers: list[tuple[int, bytes] | None]) -> None:
+    s = BootstrapSession("ep", writes, discover=True, retries=1)
+    step: Step | None = s.start()
+    for answer in answers:
+        if step is None:
+            break
+        step = s.on_timeout() if answer is None else s.on_answer(*answer)
+    assert (step is None) == (s.result is not Result.RUNNING)
+    assert s.result is Result.RUNNING or s.detail
