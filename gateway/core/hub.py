@@ -155,6 +155,9 @@ class DeviceHub:
         Raises RpcError("offline") when there is no upstream session to ask (not provisioned yet),
         TimeoutError or ConnectionError when ThingsBoard does not answer.
         """
+        if self._routed and device in self._routed:
+            # Never through the gateway API: ThingsBoard would take it for a child of the gateway.
+            raise RpcError("unsupported", f"device {device!r} is in per-device mode: no attribute requests yet")
         if self.attribute_source is None:
             raise RpcError("offline", "ThingsBoard is not reachable: the gateway is not provisioned")
         return await self.attribute_source.request_device_attributes(device, keys, client=not shared, timeout=timeout)
