@@ -130,6 +130,36 @@ def p256_private_der(x: bytes, y: bytes, d: bytes) -> bytes:
     return bytes.fromhex("30770201010420") + d + bytes.fromhex("a00a06082a8648ce3d030107a14403420004") + x + y
 
 
+def generate_p256_key_pair() -> tuple[bytes, bytes]:
+    """A fresh secp256r1 key pair from GnuTLS: (SubjectPublicKeyInfo DER, unencrypted PKCS#8 DER).
+
+    In process and about 0.2 ms (no openssl process), so it may run on the event loop; the private
+    key only ever lives in memory."""
+    handle = g.new_handle()
+    g.check(g.x509_privkey_init(ctypes.byref(handle)), "x509_privkey_init")
+    key = handle.value or 0
+    pkcs8, x, y = g.Datum(), g.Datum(), g.Datum()
+    try:
+        bits = g.curve_to_bits(g.ECC_CURVE_SECP256R1)
+        g.check(g.x509_privkey_generate(key, g.PK_ECDSA, bits, 0), "x509_privkey_generate")
+        g.check(
+            g.x509_privkey_export2_pkcs8(key, g.X509Format.DER, None, g.PKCS_PLAIN, ctypes.byref(pkcs8)),
+            "x509_privkey_export2_pkcs8",
+        )
+        curve = ctypes.c_int()
+        g.check(
+            g.x509_privkey_export_ecc_raw(key, ctypes.byref(curve), ctypes.byref(x), ctypes.byref(y), None),
+            "x509_privkey_export_ecc_raw",
+        )
+        # GnuTLS gives the coordinates as integers: a leading zero byte may be added or dropped
+        bx, by = (g.datum_bytes(c).lstrip(b"\0").rjust(32, b"\0") for c in (x, y))
+        return p256_spki(bx, by), g.datum_bytes(pkcs8)
+    finally:
+        for d in (pkcs8, x, y):
+            g.free_datum(d)
+        g.x509_privkey_deinit(key)
+
+
 class KeyFormat(enum.Enum):
     PEM = g.X509Format.PEM
     DER = g.X509Format.DER

@@ -436,6 +436,29 @@ x509_crt_get_subject_alt_name2: Callable[[int, int, Any, Any, Any, Any], int] = 
     POINTER(c_uint),
 )
 
+# X.509 private keys (key generation for the bootstrap server's generated RPK credentials)
+PK_ECDSA = 4  # gnutls_pk_algorithm_t
+ECC_CURVE_SECP256R1 = 2  # gnutls_ecc_curve_t
+PKCS_PLAIN = 1  # gnutls_pkcs_encrypt_flags_t: an unencrypted PKCS#8
+
+
+def curve_to_bits(curve: int) -> int:
+    """``GNUTLS_CURVE_TO_BITS``: the ``bits`` argument that names an elliptic curve."""
+    return (1 << 31) | curve
+
+
+x509_privkey_init: Callable[[Any], int] = _fn("gnutls_x509_privkey_init", c_int, POINTER(c_void_p))
+x509_privkey_deinit: Callable[[int], None] = _fn("gnutls_x509_privkey_deinit", None, _P)
+x509_privkey_generate: Callable[[int, int, int, int], int] = _fn(
+    "gnutls_x509_privkey_generate", c_int, _P, c_int, c_uint, c_uint
+)
+x509_privkey_export2_pkcs8: Callable[[int, int, bytes | None, int, Any], int] = _fn(
+    "gnutls_x509_privkey_export2_pkcs8", c_int, _P, c_int, c_char_p, c_uint, POINTER(Datum)
+)
+x509_privkey_export_ecc_raw: Callable[[int, Any, Any, Any, Any], int] = _fn(
+    "gnutls_x509_privkey_export_ecc_raw", c_int, _P, POINTER(c_int), POINTER(Datum), POINTER(Datum), POINTER(Datum)
+)
+
 _malloc = _MallocFunc(c_void_p.in_dll(_lib, "gnutls_malloc").value or 0)
 _free = _FreeFunc(c_void_p.in_dll(_lib, "gnutls_free").value or 0)
 

@@ -6,7 +6,6 @@ answer, Writes answered with errors); Bootstrap-Pack; server-initiated bootstrap
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +112,6 @@ async def test_psk_bootstrap_then_configured_psk_registration(site: Site) -> Non
         await fleet.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI needed to generate RPK keys")
 async def test_psk_bootstrap_then_generated_rpk_registration(site: Site) -> None:
     public, private = generate_rpk()
     site.clients.set_server_credentials(rpk=RpkKeyPair(public, private, KeyFormat.DER))

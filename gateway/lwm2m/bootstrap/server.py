@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import socket
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -108,17 +107,20 @@ def primary_address() -> str:
 
 
 def generate_rpk() -> tuple[bytes, bytes]:
-    """A fresh P-256 key pair: (SubjectPublicKeyInfo DER, PKCS#8 DER), made by the openssl CLI (the
-    private key goes through a pipe, never a file)."""
-    private = subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-outform", "DER"],
-        check=True, capture_output=True,
-    ).stdout
-    public = subprocess.run(
-        ["openssl", "pkey", "-inform", "DER", "-pubout", "-outform", "DER"],
-        input=private, check=True, capture_output=True,
-    ).stdout
-    return public, private
+    """A fresh P-256 key pair: (SubjectPublicKeyInfo DER, PKCS#8 DER), what /0/x/3 and /0/x/5 carry.
+
+    Made in process by GnuTLS (about 0.1-0.2 ms), so the event loop is not held up: the openssl CLI
+    this used before blocked it 10-20 ms per device. The private key never touches a file. OSError
+    if GnuTLS is missing or fails."""
+    try:  # GnuTLS is loaded only when keys are generated, as for the DTLS transport
+        from gateway.transport.dtls import generate_p256_key_pair
+        from gateway.transport.gnutls import GnuTLSError
+    except ImportError as exc:
+        raise OSError(f"GnuTLS unavailable: {exc}") from None
+    try:
+        return generate_p256_key_pair()
+    except GnuTLSError as exc:
+        raise OSError(str(exc)) from None
 
 
 def generated_identity(endpoint: str) -> bytes:
@@ -380,7 +382,7 @@ class BootstrapServer:
         else:
             try:
                 public, private = generate_rpk()
-            except (OSError, subprocess.CalledProcessError) as exc:
+            except OSError as exc:
                 raise BootstrapError(f"cannot generate an RPK key pair: {exc}") from None
             self._pending(ClientEntry.rpk(endpoint, public, source=Source.BOOTSTRAP))
         if b is not None:
