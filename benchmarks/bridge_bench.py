@@ -129,7 +129,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"endpoints": args.endpoints, "rate_target": args.rate, "duration_s": args.duration,
                               "workers": args.workers, "confirmable": args.confirmable}
     rss_start = rss_mib()
-    outbox = await Outbox.open(workdir / "outbox.sqlite3", clock=Clock(sync_marker=None, trust="always"))
+    outbox = await Outbox.open(
+        workdir / "outbox.sqlite3", clock=Clock(sync_marker=None, trust="always"), tail_bytes=args.outbox_tail_bytes
+    )
     latency = Latency()
     counts = watch(outbox, latency)
     session = MqttSession(SessionConfig(host=host, port=int(port), credentials=AccessToken("bench"),
@@ -251,6 +253,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["uplink"] = {"publishes": u.publishes, "records_sent": u.records_sent, "resends": u.resends,
                         "peak_in_flight": u.peak_in_flight}
     result["bridge"] = asdict(bridge.stats())
+    result["outbox_reads"] = {"memory": outbox.tail_reads, "database": outbox.db_reads}
     result["rss_mib_start"] = round(rss_start, 1)
     result["rss_mib_end"] = round(rss_mib(), 1)
     result["rss_max_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -283,6 +286,8 @@ def main() -> None:
     parser.add_argument("--rcvbuf-mib", type=int, default=16, help="the server's UDP receive buffer")
     parser.add_argument("--sim-nice", type=int, default=10, help="niceness of the simulator processes (0: none)")
     parser.add_argument("--slow-callbacks", action="store_true", help="log loop callbacks over 50 ms")
+    parser.add_argument("--outbox-tail-bytes", type=int, default=4 * 1024 * 1024,
+                        help="committed records the outbox serves from memory (0: every read from SQLite)")
     parser.add_argument("--broker", help="host:port of a running broker (default: start mosquitto here)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

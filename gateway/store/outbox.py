@@ -1029,6 +1029,10 @@ class _Db:
         return None if row is None else (int(row[0]), row[1], row[2], row[3])
 
 
+def _record_id(record: Record) -> int:
+    return record.id
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop side
 
@@ -1052,6 +1056,7 @@ class Outbox:
         db: _Db,
         executor: ThreadPoolExecutor,
         info: _OpenInfo,
+        tail_bytes: int = 0,
     ) -> None:
         """Internal: use :meth:`open`."""
         self._path = path
@@ -1082,6 +1087,20 @@ class Outbox:
         self._drops_logged: dict[str, int] = {}
         self._drops_logged_at: dict[str, float] = {}
         self._housekeeping: asyncio.TimerHandle | None = loop.call_later(_HOUSEKEEPING_S, self._on_housekeeping)
+        # The committed tail, in memory: a reader that keeps up (the uplink, almost always) reads the
+        # records it just saw committed without a trip to the database thread, where it would wait
+        # behind the next group commit's fsync. It holds every committed record with id >= _tail_lo
+        # (stamped ones only: a commit with unstamped rows, a rejected commit or a drop restarts it).
+        self._tail_max = tail_bytes
+        self._tail: list[Record] = []
+        self._tail_head = 0  # index of the first live entry (the list is compacted now and then)
+        self._tail_sizes: list[int] = []
+        self._tail_bytes = 0
+        self._tail_lo = self._last_id + 1
+        self._tail_acked: set[int] = set()
+        self._tail_dropped = sum(info.result.dropped.values())
+        self.tail_reads = 0  # reads served from memory
+        self.db_reads = 0  # reads that went to the database thread
 
     @classmethod
     async def open(
@@ -1094,11 +1113,14 @@ class Outbox:
         commit_records: int = 20000,
         log: logging.Logger | None = None,
         by_device: bool = False,
+        tail_bytes: int = 4 * 1024 * 1024,
     ) -> Outbox:
         """Open (or create) the queue at ``path``; raises :class:`OutboxError` with a one-line reason.
 
         ``by_device``: keep an index on (device, id) for :meth:`read_devices` (the per-device
-        sessions' outbox; the gateway's own outbox does without it, its inserts stay cheaper)."""
+        sessions' outbox; the gateway's own outbox does without it, its inserts stay cheaper).
+        ``tail_bytes``: how much of the newest committed records :meth:`read` serves from memory
+        (0: every read goes to the database; not used with ``by_device``)."""
         if commit_interval < 0:
             raise ValueError("outbox commit_interval must be >= 0")
         if commit_records < 1:
@@ -1126,6 +1148,7 @@ class Outbox:
             db=db,
             executor=executor,
             info=info,
+            tail_bytes=0 if by_device else tail_bytes,
         )
         # Apply the bounds (limits may have been lowered) and re-stamp right away if possible.
         ob._due = True
@@ -1200,6 +1223,9 @@ class Outbox:
         before = len(acks)
         acks.extend(ids)
         if len(acks) > before:
+            if self._tail_bytes:
+                lo = self._tail_lo
+                self._tail_acked.update(i for i in acks[before:] if i >= lo)
             self._arm_timer()
 
     # --------------------------------------------------------------------------------- commit cycle
@@ -1312,6 +1338,8 @@ class Outbox:
                     self._restamp_pending = False
                 elif job.urows:
                     self._restamp_pending = True
+        if self._tail_max:
+            self._extend_tail(job, res if error is None else None)
         for b in batches:
             fut = b.fut
             if fut.done():
@@ -1387,9 +1415,93 @@ class Outbox:
         self._check_open()
         await self._restamp_first()
         self._check_open()
+        if after_id + 1 >= self._tail_lo and self._tail_max:
+            self.tail_reads += 1
+            return self._read_tail(after_id, max_records, max_bytes)
+        self.db_reads += 1
         return await self._loop.run_in_executor(
             self._exec, self._db.read, after_id, max_records, max_bytes, self._hold_rule()
         )
+
+    # -- the committed tail in memory ------------------------------------------------------------------
+
+    def _extend_tail(self, job: _Job, res: _Result | None) -> None:
+        """After a commit: append its rows to the tail, or restart the tail after it."""
+        dropped = sum(res.dropped.values()) if res is not None else self._tail_dropped
+        if res is None or job.urows or dropped != self._tail_dropped or job.restamp_offset is not None:
+            # rejected, unstamped rows (held, re-stamped later), or records dropped by a bound:
+            # whatever the database now holds up to here is read from there
+            self._tail_dropped = dropped
+            last = max(job.rows[-1][0] if job.rows else 0, job.urows[-1][0] if job.urows else 0)
+            self._reset_tail(max(self._tail_lo, last + 1))
+            return
+        rows = job.rows
+        if not rows:
+            return
+        if rows[0][0] < self._tail_lo:  # cannot happen (commits are in id order); stay correct anyway
+            self._reset_tail(max(self._tail_lo, rows[-1][0] + 1))
+            return
+        kinds = _KINDS
+        tail = self._tail
+        sizes = self._tail_sizes
+        total = self._tail_bytes
+        for rid, kind, device, ts, body, n in rows:
+            tail.append(Record(rid, kinds[kind], device, ts, body))
+            sizes.append(n)
+            total += n
+        head = self._tail_head
+        limit = self._tail_max
+        while total > limit and head < len(tail):
+            total -= sizes[head]
+            head += 1
+        if head:
+            self._tail_lo = tail[head - 1].id + 1 if head < len(tail) else tail[-1].id + 1
+            if head == len(tail):
+                tail.clear()
+                sizes.clear()
+                head = 0
+            elif head > 4096 and head * 2 > len(tail):
+                del tail[:head]
+                del sizes[:head]
+                head = 0
+            acked = self._tail_acked
+            if acked:
+                lo = self._tail_lo
+                self._tail_acked = {i for i in acked if i >= lo}
+        self._tail_head = head
+        self._tail_bytes = total
+
+    def _reset_tail(self, lo: int) -> None:
+        self._tail.clear()
+        self._tail_sizes.clear()
+        self._tail_head = 0
+        self._tail_bytes = 0
+        self._tail_acked.clear()
+        self._tail_lo = lo
+
+    def _read_tail(self, after_id: int, max_records: int, max_bytes: int) -> list[Record]:
+        """:meth:`read` from memory (``after_id + 1 >= _tail_lo``: every committed record after it
+        is in the tail)."""
+        tail = self._tail
+        start = bisect.bisect_right(tail, after_id, lo=self._tail_head, key=_record_id)
+        if start >= len(tail) or max_records <= 0:
+            return []
+        sizes = self._tail_sizes
+        acked = self._tail_acked
+        out: list[Record] = []
+        used = 0
+        for i in range(start, len(tail)):
+            record = tail[i]
+            if acked and record.id in acked:  # delivered before a rewind: deleted in the database
+                continue
+            n = sizes[i]
+            if out and used + n > max_bytes:
+                break
+            out.append(record)
+            used += n
+            if len(out) >= max_records:
+                break
+        return out
 
     async def wait_readable(self, after_id: int) -> None:
         """Return once :meth:`read` with this ``after_id`` would return something."""
@@ -1398,6 +1510,11 @@ class Outbox:
             changed = self._changed
             await self._restamp_first()
             self._check_open()
+            if after_id + 1 >= self._tail_lo and self._tail_max:
+                if self._read_tail(after_id, 1, 1):
+                    return
+                await changed  # every committed record after after_id would be in the tail
+                continue
             head = await self._loop.run_in_executor(self._exec, self._db.first_after, after_id)
             timeout: float | None = None
             if head is not None:
