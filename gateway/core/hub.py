@@ -79,8 +79,12 @@ class DeviceEntry:
     adapter: Southbound
 
 
+# One encoder for every record: json.dumps with these options builds a new JSONEncoder per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def _dumps(values: Mapping[str, Any]) -> str:
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(values)
 
 
 class DeviceHub:

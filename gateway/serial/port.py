@@ -14,9 +14,12 @@ One timer per port while it waits; nothing runs while a port is open and idle.
 
 Reads are batched while a port streams: after a read the descriptor is left alone for
 ``read_batch_s`` (50 ms; less on fast lines, so that the driver's buffer cannot fill), so a
-saturated 115200-baud port costs 20 wakeups a second instead of one per frame. The first bytes
+saturated 115200-baud port costs 20 reads a second instead of one per frame. The first bytes
 after a quiet spell are read at once, and so are the bytes after every write: a write usually
-asks for an answer (a CoAP ACK or response, an RPC reply line), which must not wait.
+asks for an answer (a CoAP ACK or response, an RPC reply line), which must not wait. Streaming
+ports are read by one shared timer per loop (:class:`_BatchReads`), not watched: a port that keeps
+streaming costs one ``read`` per batch and no ``epoll_ctl``; one that has gone quiet (the read
+finds nothing) is watched again.
 
 :class:`FdLink` is the same byte stream over a descriptor someone else opened (the master side of
 a pseudo-terminal: the device end in tests, benchmarks and the simulator). It does not reopen.
@@ -35,6 +38,7 @@ import errno
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -238,6 +242,50 @@ class ByteLink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+class _BatchReads:
+    """The streaming ports of one event loop, read together by one timer (see the module docstring).
+
+    ``join(stream, batch)``: read ``stream`` again at the latest ``batch`` seconds from now (when
+    the timer fires for any member, every member is read); ``leave(stream)`` takes it out.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.members: dict[_FdStream, None] = {}  # ordered: ports are read in the order they joined
+        self._timer: asyncio.TimerHandle | None = None
+
+    def join(self, stream: _FdStream, batch: float) -> None:
+        self.members[stream] = None
+        due = self.loop.time() + batch
+        timer = self._timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(due, self._tick)
+
+    def leave(self, stream: _FdStream) -> None:
+        self.members.pop(stream, None)
+        if not self.members and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        members, self.members = self.members, {}
+        for stream in members:
+            stream._batch_read()
+
+
+_BATCH_READS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _BatchReads] = weakref.WeakKeyDictionary()
+
+
+def _batch_reads(loop: asyncio.AbstractEventLoop) -> _BatchReads:
+    batch = _BATCH_READS.get(loop)
+    if batch is None:
+        batch = _BATCH_READS[loop] = _BatchReads(loop)
+    return batch
+
+
 class _FdStream:
     """Reading, the write queue, counters and state over one non-blocking descriptor."""
 
@@ -258,7 +306,8 @@ class _FdStream:
         self.read_batch_s = read_batch_s
         self._loop = loop
         self._fd: int | None = None
-        self._resume: asyncio.TimerHandle | None = None  # reading paused until then (batching)
+        self._batched = False  # streaming: read by the loop's _BatchReads, the descriptor not watched
+        self._opened = 0  # descriptors attached so far (a reopen may reuse the number)
         self._out = bytearray()
         self._writing = False
         self._drained: list[asyncio.Future[None]] = []
@@ -327,15 +376,16 @@ class _FdStream:
 
     def _attach(self, fd: int) -> None:
         self._fd = fd
+        self._opened += 1
         self.loop.add_reader(fd, self._readable)
         self._set_state(LinkState.OPEN)
 
     def _detach(self) -> int | None:
         """Stop watching the descriptor and drop the queue; returns the descriptor (not closed)."""
         fd, self._fd = self._fd, None
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
+        if self._batched:
+            self._batched = False
+            _batch_reads(self.loop).leave(self)
         elif fd is not None:
             self.loop.remove_reader(fd)
         if fd is not None and self._writing:
@@ -351,38 +401,69 @@ class _FdStream:
         raise NotImplementedError
 
     def _readable(self) -> None:
+        """The watched descriptor has bytes."""
         fd = self._fd
-        if fd is None:
-            return
+        if fd is not None and not self._batched:
+            self._read(fd, watched=True)
+
+    def _batch_read(self) -> None:
+        """The batch is over: read what the line brought meanwhile."""
+        fd = self._fd
+        if fd is not None and self._batched:
+            self._batched = False
+            self._read(fd, watched=False)
+
+    def _read(self, fd: int, *, watched: bool) -> None:
         try:
             data = os.read(fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
+            if not watched:  # the line went quiet: wait for its next bytes
+                self.loop.add_reader(fd, self._readable)
             return
         except OSError as exc:
             self._lost(_describe(exc))
             return
         if not data:
+            if not watched:
+                # No bytes: a tty in pyserial's non-blocking mode (VMIN=0) says so with an empty read,
+                # not EAGAIN. Watch it again; if it hung up, the watched read says so.
+                self.loop.add_reader(fd, self._readable)
+                return
             self._lost("end of file (device hung up or unplugged)")
             return
         self.reads += 1
         self.bytes_in += len(data)
         writes = self.writes
+        opened = self._opened
         if self.on_data is not None:
             try:
                 self.on_data(data)
             except Exception:
                 log.exception("serial %s: data listener failed", self.name, extra={"port": self.name})
+        if self._opened != opened or self._fd != fd:  # closed or reopened inside on_data
+            return
+        if self.writes != writes:
+            # the listener just wrote something (an ACK, a reply): its answer must not wait
+            if not watched:
+                self.loop.add_reader(fd, self._readable)
+            return
         batch = read_batch_for(self.bytes_per_second, self.read_batch_s)
-        # not when the listener just wrote something (an ACK, a reply): its answer must not wait
-        if batch > 0 and self._fd == fd and self._resume is None and self.writes == writes:
-            # let the line fill the driver's buffer for a while: one wakeup for many frames
-            self.loop.remove_reader(fd)
-            self._resume = self.loop.call_later(batch, self._read_again)
+        if batch > 0:
+            # let the line fill the driver's buffer for a while: one read for many frames
+            if watched:
+                self.loop.remove_reader(fd)
+            self._batched = True
+            _batch_reads(self.loop).join(self, batch)
+        elif not watched:
+            self.loop.add_reader(fd, self._readable)
 
     def _read_again(self) -> None:
-        self._resume = None
-        if self._fd is not None:
-            self.loop.add_reader(self._fd, self._readable)
+        """Stop batching: watch the descriptor again (its next bytes are read at once)."""
+        if self._batched:
+            self._batched = False
+            _batch_reads(self.loop).leave(self)
+            if self._fd is not None:
+                self.loop.add_reader(self._fd, self._readable)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -399,8 +480,7 @@ class _FdStream:
         if not data:
             return
         self.writes += 1
-        if self._resume is not None:  # an answer is likely to follow: listen at once
-            self._resume.cancel()
+        if self._batched:  # an answer is likely to follow: listen at once
             self._read_again()
         if self._out:
             if len(self._out) + len(data) > self.max_queued:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import tty
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_port_helpers import PtyPeer, StablePath
@@ -23,6 +25,7 @@ from gateway.serial.port import (
     Rs485Settings,
     SerialLink,
     WriteQueueFull,
+    _batch_reads,
     read_batch_for,
 )
 
@@ -242,6 +245,59 @@ async def test_streaming_reads_are_batched_until_the_gateway_writes(peer: PtyPee
     link.write(b"?")  # a question: its answer must not wait for the batch
     assert await rec.wait_bytes(2) == b"ab" and link.reads == 2
     assert await peer.read_until(b"?") == b"?"
+
+
+async def test_streaming_ports_are_read_by_one_shared_timer(links: list[SerialLink]) -> None:
+    """Batched ports are read together by the loop's one timer, without touching epoll while they
+    stream; a port found quiet at the timer is watched again."""
+    loop = asyncio.get_running_loop()
+    peers = [PtyPeer(), PtyPeer()]
+    try:
+        recs = [Recorder(), Recorder()]
+        # 300 baud: a batch lasts 1024 bytes' worth (34 s), so only this test fires the timer
+        pair = [make(links, p.path, r, baudrate=300, read_batch_s=60.0) for p, r in zip(peers, recs, strict=True)]
+        for link in pair:
+            link.start()
+        for peer, rec in zip(peers, recs, strict=True):
+            peer.write(b"a")
+            await rec.wait_bytes(1)  # read at once, then batched
+        batch = _batch_reads(loop)
+        assert list(batch.members) == pair and all(link._batched for link in pair)
+        timer = batch._timer
+        assert timer is not None
+
+        def fire() -> None:  # what the timer does when it is due
+            assert batch._timer is not None
+            batch._timer.cancel()
+            batch._tick()
+
+        watched: list[int] = []
+        real_add = loop.add_reader
+
+        def add_reader(fd: int, callback: Any, *args: Any) -> None:
+            watched.append(fd)
+            real_add(fd, callback, *args)
+
+        loop.add_reader = add_reader  # type: ignore[method-assign,assignment]
+        try:
+            for peer in peers:
+                peer.write(b"b")
+            for link in pair:  # the bytes are in the driver (nobody reads them yet)
+                assert link._fd is not None
+                await asyncio.wait_for(loop.run_in_executor(None, select.select, [link._fd], [], [], 5), 10)
+            fire()
+            assert [bytes(r.data) for r in recs] == [b"ab", b"ab"] and [link.reads for link in pair] == [2, 2]
+            assert watched == [] and list(batch.members) == pair  # still streaming: no epoll change
+            fire()  # nothing came meanwhile: both are watched again, the timer stops
+            assert sorted(watched) == sorted(link._fd or -1 for link in pair)
+            assert batch.members == {} and batch._timer is None and not any(link._batched for link in pair)
+        finally:
+            del loop.add_reader
+        peers[0].write(b"c")  # and a quiet port's next bytes come at once
+        assert await recs[0].wait_bytes(3) == b"abc"
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 def test_read_batch_shrinks_on_fast_lines() -> None:
