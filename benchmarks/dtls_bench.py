@@ -9,6 +9,8 @@ blocking client would be. Keys and certificates are made with openssl in a tempo
     python benchmarks/dtls_bench.py sessions --count 2000              # memory per held session
     python benchmarks/dtls_bench.py wrongkey --seconds 5               # CPU per wrong-key attempt
     python benchmarks/dtls_bench.py burst --count 2000                 # 3 x count clients at once
+    python benchmarks/dtls_bench.py register --count 2000 --processes 3 --keys /tmp/dtls-bench-keys
+                              # 3 x count endpoints register at once through the LwM2M layer
     python benchmarks/dtls_bench.py all                                # everything, default sizes
 
 Each handshake is a full one (no resumption): ClientHello, HelloVerifyRequest, ClientHello with
@@ -34,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import gc
+import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import resource
@@ -64,7 +69,7 @@ from gateway.transport.dtls import (
     TrustStore,
     X509Credentials,
 )
-from gateway.transport.dtls_coap import attach_dtls_transport
+from gateway.transport.dtls_coap import DtlsTransport, attach_dtls_transport
 
 PSK_ID = b"bench-identity"
 PSK_KEY = b"bench-psk-key-16"
@@ -274,6 +279,39 @@ def _load_process(
     out.put(asyncio.run(_load_main(port, keys, mode, slots, seconds, action, ready, go, release, inflight)))
 
 
+class _Children:
+    """The load processes (spawned), each with a ready event and a queue for its result."""
+
+    def __init__(self) -> None:
+        self.mp = multiprocessing.get_context("spawn")
+        self.procs: list[Any] = []
+        self.readies: list[Any] = []
+        self.outs: list[Any] = []
+
+    def start(self, target: Any, make_args: Any) -> None:
+        """Start ``target(*make_args(ready, out))``."""
+        ready, out = self.mp.Event(), self.mp.Queue()
+        p = self.mp.Process(target=target, args=make_args(ready, out), daemon=True)
+        p.start()
+        self.procs.append(p)
+        self.readies.append(ready)
+        self.outs.append(out)
+
+    async def all_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        for ready in self.readies:
+            await loop.run_in_executor(None, ready.wait)
+
+    async def results(self) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return [await loop.run_in_executor(None, out.get) for out in self.outs]
+
+    async def join(self) -> None:
+        loop = asyncio.get_running_loop()
+        for p in self.procs:
+            await loop.run_in_executor(None, p.join)
+
+
 # --- the server (this process) -------------------------------------------------------------------------
 
 
@@ -382,23 +420,17 @@ async def serve_and_load(
 
         server.on_data = counting_data
         transport.send = counting_send  # type: ignore[method-assign]
-    mp = multiprocessing.get_context("spawn")
-    go, release = mp.Event(), mp.Event()
-    readies, outs, procs = [], [], []
+    children = _Children()
+    go, release = children.mp.Event(), children.mp.Event()
     for i in range(processes):
-        ready, out = mp.Event(), mp.Queue()
         n = slots // processes + (1 if i < slots % processes else 0)
-        p = mp.Process(
-            target=_load_process,
-            args=(transport.port, str(keys), mode, n, seconds, action, ready, go, release, out, inflight),
-            daemon=True,
-        )
-        p.start()
-        readies.append(ready)
-        outs.append(out)
-        procs.append(p)
-    for ready in readies:
-        await loop.run_in_executor(None, ready.wait)
+        children.start(
+            _load_process,
+            lambda ready, out, n=n: (
+                transport.port, str(keys), mode, n, seconds, action, ready, go, release, out, inflight
+            ),
+        )  # fmt: skip
+    await children.all_ready()
     gc.collect()
     trim_heap()
     rss0 = rss_bytes()
@@ -421,7 +453,7 @@ async def serve_and_load(
         cpu = time.process_time() - cpu0
         held = sum(1 for x in server.sessions.values() if x.established)
         release.set()
-    results = [await loop.run_in_executor(None, out.get) for out in outs]
+    results = await children.results()
     if os.environ.get("DTLS_BENCH_VERBOSE"):
         print("load results:", results, "server socket drops:", socket_drops(transport.port) - drops0)
     if action != "hold":
@@ -429,8 +461,7 @@ async def serve_and_load(
         raw_rss = rss1 = rss_bytes()
         heap1 = heap_in_use()
         held = len(server.sessions)
-    for p in procs:
-        await loop.run_in_executor(None, p.join)
+    await children.join()
     stats = {k: server.stats[k] - stats0.get(k, 0) for k in server.stats}
     drops = socket_drops(transport.port) - drops0
     if os.environ.get("DTLS_BENCH_VERBOSE"):
@@ -508,39 +539,31 @@ async def bench_burst(keys: Path, count: int, processes: int) -> dict[str, float
     ctx = aiocoap.Context(loop=loop, serversite=site, loggername="bench")
     server = DtlsServer(server_credentials(keys), max_handshakes=1000)
     transport = await attach_dtls_transport(ctx, server, bind=("127.0.0.1", 0))
-    mp = multiprocessing.get_context("spawn")
-    go, release = mp.Event(), mp.Event()
-    procs, outs, readies = [], [], []
+    children = _Children()
+    go, release = children.mp.Event(), children.mp.Event()
     for mode in MODES:
         for i in range(processes):
-            ready, out = mp.Event(), mp.Queue()
             n = count // processes + (1 if i < count % processes else 0)
-            p = mp.Process(
-                target=_load_process,
-                args=(transport.port, str(keys), mode, n, 60.0, "hold", ready, go, release, out),
-                daemon=True,
-            )
-            p.start()
-            procs.append(p)
-            outs.append(out)
-            readies.append(ready)
-    for ready in readies:
-        await loop.run_in_executor(None, ready.wait)
+            children.start(
+                _load_process,
+                lambda ready, out, mode=mode, n=n: (transport.port, str(keys), mode, n, 60.0, "hold", ready, go,
+                                                    release, out),
+            )  # fmt: skip
+    await children.all_ready()
     cpu0 = time.process_time()
     drops0 = socket_drops(transport.port)
     stats0 = dict(server.stats)
     t0 = time.monotonic()
     go.set()
     release.set()  # each load process ends when all its devices are answered (or after 60 s)
-    results = [await loop.run_in_executor(None, out.get) for out in outs]
+    results = await children.results()
     elapsed = max(r["elapsed"] for r in results)
     cpu = time.process_time() - cpu0
     answered = sum(int(r["answered"]) for r in results)
     drops = socket_drops(transport.port) - drops0
     stats = {k: server.stats[k] - stats0.get(k, 0) for k in server.stats}
     per_mode = [max(r["elapsed"] for r in results[i * processes : (i + 1) * processes]) for i in range(3)]
-    for p in procs:
-        await loop.run_in_executor(None, p.join)
+    await children.join()
     print(
         f"burst {count} PSK + {count} RPK + {count} X.509 at once: {answered}/{3 * count} answered in {elapsed:.1f} s"
         f" (PSK/RPK/X.509 done after {per_mode[0]:.1f}/{per_mode[1]:.1f}/{per_mode[2]:.1f} s; server CPU"
@@ -550,6 +573,241 @@ async def bench_burst(keys: Path, count: int, processes: int) -> dict[str, float
     )
     await ctx.shutdown()
     return {"answered": answered, "seconds": elapsed, "server_cpu": cpu}
+
+
+# --- register: 3 x N endpoints register at once through the LwM2M layer --------------------------------
+#
+# The service's path end to end: the LwM2M server (LwM2mServer) with the DTLS transport, the
+# credentials store (ClientStore, SQLite, all 3 x N clients) as the DTLS server's provider, and the
+# SecurityBinding as the registration check. The devices are the project's simulator
+# (gateway.sim.bootstrap_client.DtlsFleet: one UDP socket and one non-blocking DTLS client engine
+# each, no task per device) in --processes other processes at nice 10, each with a third of every
+# mode. Every device starts its handshake at the same moment and sends its Register (CON, with
+# CoAP retransmission) as soon as its session is up.
+# Each device has its own credentials: PSK identity/key, a P-256 key pair (made in process by
+# GnuTLS), an X.509 certificate with CN = endpoint (all signed by one CA, with one shared key pair:
+# the openssl CLI signs about 30 certificates/s, so --keys keeps them between runs).
+
+
+def _endpoints(count: int) -> list[tuple[str, str]]:
+    """(endpoint, mode), the modes interleaved."""
+    return [(f"{mode}-{i:06d}", mode) for i in range(count) for mode in MODES]
+
+
+def _psk_of(endpoint: str) -> tuple[bytes, bytes]:
+    return f"{endpoint}-id".encode(), hashlib.sha256(endpoint.encode()).digest()[:16]
+
+
+async def make_population(root: Path, count: int) -> None:
+    """Per-endpoint RPK key pairs and X.509 certificates (CN = endpoint) for ``count`` of each mode,
+    in ``root`` (kept: only what is missing is made)."""
+    from gateway.transport.dtls import generate_p256_key_pair
+
+    if not (root / "ca.pem").exists():
+        make_keys(root)
+    rpk_file = root / "rpk-pairs.json"
+    pairs = json.loads(rpk_file.read_text()) if rpk_file.exists() else []
+    if len(pairs) < count:
+        pairs += [[p.hex(), k.hex()] for p, k in (generate_p256_key_pair() for _ in range(count - len(pairs)))]
+        rpk_file.write_text(json.dumps(pairs))
+    certs = root / "x509"
+    certs.mkdir(exist_ok=True)
+    if not (root / "client-shared.csr").exists():
+        _openssl("req", "-new", "-key", "client.key", "-subj", "/CN=template", "-out", "client-shared.csr", cwd=root)
+    missing = [i for i in range(count) if not (certs / f"x509-{i:06d}.der").exists()]
+    if missing:
+        print(f"signing {len(missing)} client certificates with the openssl CLI ...", flush=True)
+    sem = asyncio.Semaphore(max(2, os.cpu_count() or 2))
+
+    async def sign(i: int) -> None:
+        async with sem:
+            proc = await asyncio.create_subprocess_exec(
+                "openssl", "x509", "-req", "-in", "client-shared.csr", "-subj", f"/CN=x509-{i:06d}",
+                "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", str(1000 + i), "-days", "30",
+                "-outform", "DER", "-out", f"x509/x509-{i:06d}.der", cwd=root,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            if await proc.wait() != 0:
+                raise RuntimeError(f"openssl could not sign the certificate of x509-{i:06d}")
+
+    await asyncio.gather(*(sign(i) for i in missing))
+
+
+def _population_credentials(root: Path) -> Any:
+    """endpoint -> what its DTLS client presents (built lazily, in the load process)."""
+    from gateway.transport.dtls import KeyFormat
+
+    pairs = json.loads((root / "rpk-pairs.json").read_text())
+    client_key = (root / "client.key").read_bytes()
+
+    def credentials(endpoint: str) -> dict[str, Any]:
+        mode, _, n = endpoint.partition("-")
+        if mode == "psk":
+            return {"psk": _psk_of(endpoint)}
+        if mode == "rpk":
+            pub, priv = pairs[int(n)]
+            return {"rpk": RpkKeyPair(bytes.fromhex(pub), bytes.fromhex(priv), KeyFormat.DER)}
+        cert = (root / "x509" / f"{endpoint}.der").read_bytes()
+        pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(cert) + b"-----END CERTIFICATE-----\n"
+        return {"x509": X509Credentials(pem, client_key)}
+
+    return credentials
+
+
+async def _fleet_main(
+    port: int, keys: str, endpoints: list[str], ready: Any, go: Any, seconds: float
+) -> dict[str, Any]:
+    from gateway.sim.bootstrap_client import DtlsFleet
+    from gateway.sim.lwm2m_client import _raise_open_file_limit
+
+    os.nice(10)
+    _raise_open_file_limit(len(endpoints) + 256)
+    loop = asyncio.get_running_loop()
+    fleet = DtlsFleet(("127.0.0.1", port), 0, credentials=_population_credentials(Path(keys)), endpoints=endpoints)
+    await fleet.start()
+    ready.set()
+    await loop.run_in_executor(None, go.wait)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    fleet.register_all()
+    with contextlib.suppress(TimeoutError):
+        await fleet.until(lambda: fleet.registered == len(endpoints), seconds)
+    result = {
+        "registered": fleet.registered,
+        "established": fleet.established,
+        "elapsed": time.monotonic() - t0,
+        "done_at": time.time(),
+        "cpu": time.process_time() - cpu0,
+        **{k: fleet.stats[k] for k in ("dtls_failed", "register_failed", "timeouts", "retransmissions")},
+    }
+    await fleet.close()
+    return result
+
+
+def _fleet_process(port: int, keys: str, endpoints: list[str], ready: Any, go: Any, out: Any, seconds: float) -> None:
+    out.put(asyncio.run(_fleet_main(port, keys, endpoints, ready, go, seconds)))
+
+
+async def bench_register(keys: Path, count: int, processes: int, seconds: float, **server_kw: Any) -> dict[str, Any]:
+    """3 x ``count`` endpoints (PSK, RPK, X.509) register at once through the LwM2M server."""
+    from gateway.lwm2m.security import SecurityBinding
+    from gateway.lwm2m.server import LwM2mServer, Registration, RegistrationListener, ServerConfig
+    from gateway.store.clients import ClientEntry, ClientStore, Source, follow_dtls
+
+    await make_population(keys, count)
+    loop = asyncio.get_running_loop()
+    population = _endpoints(count)
+    pairs = json.loads((keys / "rpk-pairs.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="dtls-register-") as state:
+        store = ClientStore.open(Path(state) / "clients.sqlite3")
+        entries = []
+        for endpoint, mode in population:
+            if mode == "psk":
+                identity, key = _psk_of(endpoint)
+                entries.append(ClientEntry.psk(endpoint, identity, key, source=Source.CONFIG))
+            elif mode == "rpk":
+                public = bytes.fromhex(pairs[int(endpoint[4:])][0])
+                entries.append(ClientEntry.rpk(endpoint, public, source=Source.CONFIG))
+            else:
+                entries.append(ClientEntry.x509(endpoint, source=Source.CONFIG))  # bound by CN
+        store.sync_config(entries)
+        store.set_server_credentials(
+            rpk=RpkKeyPair.from_pem((keys / "server-rpk.pem").read_bytes()),
+            x509=X509Credentials(
+                (keys / "server.pem").read_bytes() + (keys / "ca.pem").read_bytes(), (keys / "server.key").read_bytes()
+            ),
+            trust=TrustStore(ca_file=str(keys / "ca.pem")),
+        )
+        done = loop.create_future()
+        registered: list[float] = []
+
+        class Listener(RegistrationListener):
+            def on_registered(self, registration: Registration) -> None:
+                registered.append(time.monotonic())
+                if len(registered) == len(population) and not done.done():
+                    done.set_result(None)
+
+        binding = SecurityBinding(store)
+        lwm2m = LwM2mServer(config=ServerConfig(), registration_check=binding, listener=Listener())
+        await lwm2m.start(("127.0.0.1", 0))
+        dtls = DtlsServer(store, **server_kw)
+        unfollow = follow_dtls(store, dtls)
+
+        async def factory(mman: Any) -> DtlsTransport:
+            return await DtlsTransport.create_server_transport(
+                mman, logging.getLogger("bench"), loop, bind=("127.0.0.1", 0), server=dtls,
+                receive_buffer=ServerConfig().udp_receive_buffer,
+            )  # fmt: skip
+
+        _, transport = await lwm2m.add_transport(factory)
+        children = _Children()
+        go = children.mp.Event()
+        names = [e for e, _ in population]
+        for i in range(processes):
+            part = names[i::processes]
+            children.start(_fleet_process, lambda ready, out, part=part: (transport.port, str(keys), part, ready, go,
+                                                                          out, seconds))  # fmt: skip
+        await children.all_ready()
+        gc.collect()
+        rss0 = rss_bytes()
+        drops0 = socket_drops(transport.port)
+        stats0 = dict(dtls.stats)
+        profiler = None
+        if os.environ.get("DTLS_BENCH_REGISTER_PROFILE"):  # the server side of the storm only
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        cpu0, t0, wall0 = time.process_time(), time.monotonic(), time.time()
+        go.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), seconds)
+        all_at = time.monotonic() - t0 if done.done() else None
+        cpu = time.process_time() - cpu0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["DTLS_BENCH_REGISTER_PROFILE"])
+        rss1 = rss_bytes()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results = await children.results()
+        await children.join()
+        stats = {k: dtls.stats[k] - stats0.get(k, 0) for k in dtls.stats}
+        drops = socket_drops(transport.port) - drops0
+        half = sorted(registered)[len(registered) // 2] - t0 if registered else 0.0
+        summary: dict[str, Any] = {
+            "endpoints": len(population),
+            "registered": len(registered),
+            "all_registered_s": all_at,
+            "half_registered_s": round(half, 2),
+            "server_cpu_s": round(cpu, 2),
+            "server_cpu_pct_of_a_core": round(100 * cpu / (all_at or seconds), 1),
+            "server_rss_mb": round(rss1 / 2**20, 1),
+            "server_rss_growth_mb": round((rss1 - rss0) / 2**20, 1),
+            "server_peak_rss_mb": round(peak / 2**20, 1),
+            "handshakes": stats.get("handshakes_completed", 0),
+            "handshakes_failed": stats.get("handshakes_failed", 0),
+            "hellos_over_half_open_limit": stats.get("handshakes_refused_limit", 0),
+            "server_socket_drops": drops,
+            "binding_refusals": sum(binding.refusals.values()),
+            "clients_cpu_s": round(sum(r["cpu"] for r in results), 2),
+            "clients": {k: sum(int(r.get(k, 0)) for r in results)
+                        for k in ("dtls_failed", "register_failed", "timeouts", "retransmissions")},
+            "last_client_done_s": round(max(r["done_at"] for r in results) - wall0, 2),
+        }  # fmt: skip
+        took = f"{all_at:.1f} s" if all_at is not None else f"NOT within {seconds:.0f} s"
+        print(
+            f"register {count} PSK + {count} RPK + {count} X.509 at once through the LwM2M layer:"
+            f" {len(registered)}/{len(population)} registered, all in {took} (half in {half:.1f} s);"
+            f" server CPU {cpu:.1f} s ({summary['server_cpu_pct_of_a_core']:.0f}% of a core),"
+            f" RSS {summary['server_rss_mb']:.0f} MB (+{summary['server_rss_growth_mb']:.0f} MB, peak"
+            f" {summary['server_peak_rss_mb']:.0f} MB); {summary['handshakes']} handshakes,"
+            f" {summary['handshakes_failed']} failed, {summary['hellos_over_half_open_limit']} hellos over the"
+            f" half-open limit, {drops} dropped at the server socket, {summary['binding_refusals']} refused by the"
+            f" binding; clients: {summary['clients']}, {summary['clients_cpu_s']:.1f} s CPU in {processes} processes"
+        )
+        unfollow()
+        await lwm2m.stop()
+        store.close()
+        return summary
 
 
 def _in_fresh_process(scenario: str, mode: str, args: argparse.Namespace) -> Any:
@@ -564,13 +822,15 @@ def _in_fresh_process(scenario: str, mode: str, args: argparse.Namespace) -> Any
 
 async def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["rate", "sessions", "wrongkey", "burst", "all"])
+    ap.add_argument("scenario", choices=["rate", "sessions", "wrongkey", "burst", "register", "all"])
     ap.add_argument("--mode", choices=MODES, default=None, help="default: all three")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--processes", type=int, default=2, help="load processes")
     ap.add_argument("--slots", type=int, default=64, help="handshakes in flight, over all load processes")
     ap.add_argument("--count", type=int, default=2000, help="sessions held (sessions) / clients per mode (burst)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--keys", type=Path, help="register: keep keys and certificates here between runs")
+    ap.add_argument("--timeout", type=float, default=60.0, help="register: give up after this many seconds")
     ap.add_argument(
         "--inflight", type=int, default=0, help="sessions: handshakes in flight per load process (0: all at once)"
     )
@@ -580,6 +840,14 @@ async def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     modes = [args.mode] if args.mode else list(MODES)
     out: dict[str, Any] = {"cpus": os.cpu_count()}
+    if args.scenario == "register":
+        with contextlib.ExitStack() as stack:
+            keys = args.keys or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dtls-bench-")))
+            keys.mkdir(parents=True, exist_ok=True)
+            out["register"] = await bench_register(keys, args.count, max(1, args.processes), args.timeout)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="dtls-bench-") as tmp:
         keys = Path(tmp)
         make_keys(keys)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -46,25 +48,39 @@ from gateway.sim.lwm2m_client import (
     SimClient,
     uint,
 )
-from gateway.transport.dtls import Addr, DtlsClient, DtlsSession, RpkKeyPair
+from gateway.transport.dtls import Addr, DtlsClient, DtlsSession, RpkKeyPair, X509Credentials
 from gateway.transport.dtls import KeyFormat as DtlsKeyFormat
 
 _MAX_QUEUED: Final = 32
 
 Credentials = dict[str, Any]
-"""``{"psk": (identity, key)}`` or ``{"rpk": RpkKeyPair}``: what :meth:`DtlsClient.connect` takes."""
+"""``{"psk": (identity, key)}``, ``{"rpk": RpkKeyPair}`` or ``{"x509": X509Credentials}``: what
+:meth:`DtlsClient.connect` takes."""
 
 
 class DtlsLink:
-    """A connected UDP socket carrying DTLS: ``send``/``recv``/``fileno``/``close`` like the socket."""
+    """A connected UDP socket carrying DTLS: ``send``/``recv``/``fileno``/``close`` like the socket.
 
-    def __init__(self, sock: socket.socket, addr: Addr, loop: asyncio.AbstractEventLoop, credentials: Credentials):
+    The handshake starts at once, or with ``connect=False`` at :meth:`handshake` (again after a
+    failure); ``on_established`` runs when a session is up."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        addr: Addr,
+        loop: asyncio.AbstractEventLoop,
+        credentials: Credentials,
+        *,
+        connect: bool = True,
+    ):
         self.sock = sock
         self.addr: Addr = tuple(addr[:2])
+        self.credentials = credentials
         self._plain: deque[bytes] = deque()
         self._queued: list[bytes] = []
         self.failure: str | None = None
         self.on_failure: Callable[[str], None] | None = None
+        self.on_established: Callable[[], None] | None = None
         self.engine = DtlsClient(
             loop=loop,
             send=self._raw_send,
@@ -73,7 +89,14 @@ class DtlsLink:
             on_closed=self._closed,
             on_handshake_failed=lambda _a, why: self._closed(None, why),
         )
-        self.session = self.engine.connect(self.addr, **credentials)
+        self.session: DtlsSession | None = None
+        if connect:
+            self.handshake()
+
+    def handshake(self) -> None:
+        """Start a (new) handshake; data sent meanwhile waits for it."""
+        self.failure = None
+        self.session = self.engine.connect(self.addr, **self.credentials)
 
     def _raw_send(self, _addr: Addr, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -83,6 +106,8 @@ class DtlsLink:
         queued, self._queued = self._queued, []
         for data in queued:
             session.send(data)
+        if self.on_established is not None:
+            self.on_established()
 
     def _closed(self, _session: DtlsSession | None, why: str) -> None:
         self.failure = why
@@ -90,7 +115,7 @@ class DtlsLink:
             self.on_failure(why)
 
     def send(self, data: bytes) -> int:
-        if self.session.established:
+        if self.session is not None and self.session.established:
             self.session.send(data)
         elif self.failure is None and len(self._queued) < _MAX_QUEUED:
             self._queued.append(data)  # CoAP would retransmit anyway; this saves the wait
@@ -108,14 +133,20 @@ class DtlsLink:
     def close(self) -> None:
         self.on_failure = None  # closed on purpose
         with contextlib.suppress(Exception):
-            if self.session.established:
+            if self.session is not None and self.session.established:
                 self.session.close()
         self.engine.close()
         self.sock.close()
 
 
 def open_link(
-    loop: asyncio.AbstractEventLoop, family: int, sockaddr: Any, bind_host: str, credentials: Credentials | None
+    loop: asyncio.AbstractEventLoop,
+    family: int,
+    sockaddr: Any,
+    bind_host: str,
+    credentials: Credentials | None,
+    *,
+    connect: bool = True,
 ) -> socket.socket | DtlsLink:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -127,7 +158,19 @@ def open_link(
         raise
     if credentials is None:
         return sock
-    return DtlsLink(sock, sockaddr, loop, credentials)
+    return DtlsLink(sock, sockaddr, loop, credentials, connect=connect)
+
+
+async def _prepare(fleet: Fleet) -> tuple[asyncio.AbstractEventLoop, int, Any, str]:
+    """Start a fleet's loop and timers; resolve its server: (loop, family, sockaddr, bind host)."""
+    from gateway.lwm2m.server.timers import TimerQueue
+
+    loop = fleet._loop = asyncio.get_running_loop()
+    fleet._timers = TimerQueue(loop)
+    host, port = fleet.server
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, sockaddr = infos[0]
+    return loop, family, sockaddr, fleet.bind_host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")
 
 
 class BootstrapSimClient(SimClient):
@@ -315,6 +358,8 @@ class BootstrapSimClient(SimClient):
                 credentials = {"psk": (bytes(security[3]), bytes(security[5]))}
             elif mode == 1:
                 credentials = {"rpk": RpkKeyPair(bytes(security[3]), bytes(security[5]), DtlsKeyFormat.DER)}
+            elif mode == 2:  # /0/x/3: the client's certificate (DER), /0/x/5: its private key (DER)
+                credentials = {"x509": X509Credentials(bytes(security[3]), bytes(security[5]), DtlsKeyFormat.DER)}
             else:
                 self.bootstrap_state = "failed"
                 fleet.stats["unsupported_security_mode"] += 1
@@ -353,14 +398,7 @@ class BootstrapFleet(Fleet):
 
     async def start(self) -> None:
         """Open every client's link to the bootstrap server (nothing is sent yet)."""
-        loop = self._loop = asyncio.get_running_loop()
-        from gateway.lwm2m.server.timers import TimerQueue
-
-        self._timers = TimerQueue(loop)
-        host, port = self.server
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        bind_host = self.bind_host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")
+        loop, family, sockaddr, bind_host = await _prepare(self)
         for i in range(self.start_index, self.start_index + self.count):
             endpoint = f"{self.prefix}{i:06d}"
             creds = self.bootstrap_credentials(endpoint) if self.bootstrap_credentials else None
@@ -386,3 +424,73 @@ class BootstrapFleet(Fleet):
         client = self.client(endpoint)
         assert isinstance(client, BootstrapSimClient)
         return client
+
+
+class DtlsFleet(Fleet):
+    """Simulated clients that register with the LwM2M server over DTLS, each with its own credentials.
+
+    ``credentials(endpoint)`` gives what the DTLS client presents (PSK, RPK or X.509; None: NoSec);
+    ``endpoints`` names the clients (default: ``prefix`` + index, as :class:`Fleet`). Nothing is sent
+    at :meth:`start`; :meth:`register_all` starts every handshake, and each client registers as soon
+    as its session is up. A handshake that fails is started again after ``retry_after`` seconds
+    (spread by up to half as much), as a device would (``dtls_failed`` counts the failures).
+    """
+
+    def __init__(
+        self,
+        server: tuple[str, int],
+        count: int,
+        *,
+        credentials: Callable[[str], Credentials | None],
+        endpoints: Sequence[str] | None = None,
+        retry_after: float = 1.0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(server, len(endpoints) if endpoints is not None else count, **kw)
+        self.credentials = credentials
+        self.endpoints = endpoints
+        self.retry_after = retry_after
+        self.established = 0
+
+    async def start(self) -> None:
+        """Open every client's link (no handshake yet)."""
+        loop, family, sockaddr, bind_host = await _prepare(self)
+        names = self.endpoints
+        if names is None:
+            names = [f"{self.prefix}{i:06d}" for i in range(self.start_index, self.start_index + self.count)]
+        for endpoint in names:
+            link = open_link(loop, family, sockaddr, bind_host, self.credentials(endpoint), connect=False)
+            client = SimClient(self, endpoint, link)  # type: ignore[arg-type]  # a socket look-alike
+            if isinstance(link, DtlsLink):
+                link.on_established = functools.partial(self._established, client)
+                link.on_failure = functools.partial(self._failed, link)
+            self.clients.append(client)
+            self._by_endpoint[endpoint] = client
+            loop.add_reader(link.fileno(), client.readable)
+
+    def register_all(self, rate: float | None = None) -> None:
+        """Every client starts its handshake (at once, or ``rate`` per second) and then registers."""
+        now = self.loop.time()
+        for n, client in enumerate(self.clients):
+            if rate is None:
+                self._begin(client)
+            else:
+                self.timers.call_at(now + n / rate, self._begin, client)
+
+    def _begin(self, client: SimClient) -> None:
+        link = client.sock
+        if isinstance(link, DtlsLink):
+            link.handshake()
+        else:
+            client.register()
+
+    def _established(self, client: SimClient) -> None:
+        self.established += 1
+        if not client.registered:
+            client.register()
+
+    def _failed(self, link: DtlsLink, _why: str) -> None:
+        self.stats["dtls_failed"] += 1
+        delay = self.retry_after * (1 + random.random() / 2)
+        self.timers.call_at(self.loop.time() + delay, DtlsLink.handshake, link)
+        self.changed()
