@@ -430,6 +430,7 @@ class Gateway:
         self.uplink = Uplink(self.outbox, self.session)
         self.downlink = Downlink(self.session, self.hub)
         self.hub.attribute_source = self.downlink
+        self.hub.delivery = self.uplink
         self.downlink.register_method("status", self._rpc_status)
         self.downlink.register_method("getLogs", self._rpc_get_logs)
         if self.clients is not None:
@@ -448,6 +449,10 @@ class Gateway:
         self._update_led()
 
     async def _stop_upstream(self) -> None:
+        if self.uplink is not None:
+            self.uplink.close()
+        if self.hub is not None:
+            self.hub.delivery = None
         for task in self._upstream_tasks:
             task.cancel()
         for task in self._upstream_tasks:

@@ -72,11 +72,21 @@ class DeviceRoute(Protocol):
         ...
 
 
+class Delivery(Protocol):
+    """The uplink, as far as the hub needs it: when has a record reached ThingsBoard?"""
+
+    async def wait_delivered(self, record_id: int) -> None:
+        """Return once every record up to ``record_id`` is acknowledged by ThingsBoard; raises
+        ConnectionError if this uplink stops first."""
+
+
 @dataclass(slots=True)
 class DeviceEntry:
     name: str
     profile: str
     adapter: Southbound
+    #: the outbox id of its CONNECT record (0: none, e.g. per-device mode)
+    connect_id: int = 0
 
 
 # One encoder for every record: json.dumps with these options builds a new JSONEncoder per call.
@@ -98,6 +108,7 @@ class DeviceHub:
         self._devices: dict[str, DeviceEntry] = {}
         self.attribute_source: AttributeSource | None = None  # set while an upstream session exists
         self.device_route: DeviceRoute | None = None  # set when some profile uses per-device mode
+        self.delivery: Delivery | None = None  # set while an uplink runs
         # Devices of per-device-mode profiles (kept after a disconnect: late records go the same way).
         self._routed: dict[str, DeviceRoute] = {}
 
@@ -109,7 +120,7 @@ class DeviceHub:
 
     async def connect(self, device: str, profile: str, adapter: Southbound) -> None:
         """``device`` is online and handled by ``adapter``; ThingsBoard creates it if it is new."""
-        self._devices[device] = DeviceEntry(device, profile, adapter)
+        entry = self._devices[device] = DeviceEntry(device, profile, adapter)
         route = self.device_route
         if route is not None and route.owns(profile):
             self._routed[device] = route
@@ -117,7 +128,23 @@ class DeviceHub:
             return
         if self._routed:
             self._routed.pop(device, None)
-        await self._outbox.append(RecordKind.CONNECT, device, _dumps({"type": profile}))
+        durable = self._outbox.append(RecordKind.CONNECT, device, _dumps({"type": profile}))
+        entry.connect_id = getattr(self._outbox, "last_id", 0)
+        await durable
+
+    async def known_upstream(self, device: str) -> bool:
+        """Wait until ThingsBoard has received ``device``'s CONNECT record, so that a request about
+        it does not make ThingsBoard create it with the default type first. False if the device
+        disconnected meanwhile, is not on the gateway API, or the uplink stopped."""
+        entry = self._devices.get(device)
+        delivery = self.delivery
+        if entry is None or not entry.connect_id or delivery is None:
+            return False
+        try:
+            await delivery.wait_delivered(entry.connect_id)
+        except ConnectionError:
+            return False
+        return self._devices.get(device) is entry
 
     async def disconnect(self, device: str) -> None:
         if self._devices.pop(device, None) is not None:

@@ -1160,6 +1160,11 @@ class Outbox:
         return self._path
 
     @property
+    def last_id(self) -> int:
+        """The id of the record appended last (0: none yet)."""
+        return self._last_id
+
+    @property
     def limits(self) -> OutboxLimits:
         return self._limits
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -115,6 +116,10 @@ class Uplink:
         self._wake = asyncio.Event()
         self._stats = UplinkStats()
         self._oversize_log = RateLimited(log, interval=60.0)
+        # (record id, sequence, future): released once every record up to the id is acknowledged
+        self._delivery_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_seq = 0
+        self._closed = False
         session.add_state_listener(self._on_state)
         session.add_limits_listener(self._on_limits)
 
@@ -128,6 +133,44 @@ class Uplink:
     def cursor(self) -> int:
         return self._cursor
 
+    @property
+    def delivered_through(self) -> int:
+        """Every record with an id up to this one has been acknowledged by the broker (or dropped
+        as oversize) since this uplink started, or was gone from the outbox before."""
+        if self._in_flight:
+            return min(self._in_flight) - 1
+        return self._cursor
+
+    async def wait_delivered(self, record_id: int) -> None:
+        """Return once :attr:`delivered_through` reaches ``record_id``; ConnectionError if this
+        uplink is closed first (a new one replaces it after re-provisioning)."""
+        if self._closed:
+            raise ConnectionError("the uplink stopped")
+        if record_id <= self.delivered_through:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter_seq += 1
+        heapq.heappush(self._delivery_waiters, (record_id, self._waiter_seq, fut))
+        await fut
+
+    def close(self) -> None:
+        """Fail every :meth:`wait_delivered` (the uplink task is being stopped)."""
+        self._closed = True
+        waiters, self._delivery_waiters = self._delivery_waiters, []
+        for _, _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError("the uplink stopped"))
+
+    def _release_waiters(self) -> None:
+        waiters = self._delivery_waiters
+        if not waiters:
+            return
+        through = self.delivered_through
+        while waiters and waiters[0][0] <= through:
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+
     async def run(self) -> None:
         """Move records until cancelled."""
         session = self._session
@@ -140,6 +183,7 @@ class Uplink:
             if generation != self._generation:
                 continue  # the connection dropped meanwhile: the cursor was rewound
             if not batch:
+                self._release_waiters()  # nothing in flight any more may have moved the mark
                 await self._wait_readable(self._cursor, generation)
                 continue
             await self._send(batch, generation)
@@ -241,6 +285,7 @@ class Uplink:
             self._stats.records_sent += len(entry.ids)
             self._stats.publishes_acked += 1
             self._outbox.ack(entry.ids)
+            self._release_waiters()
         else:
             self._stats.publishes_failed += 1
             if not isinstance(exc, ConnectionLost) and entry.generation == self._generation:

@@ -324,6 +324,9 @@ async def test_shared_attributes_changed_while_away_are_written_on_registration(
             await fleet.until(lambda: fleet.stats["write"] == 1, 15)  # the writable key, written once
             await s.bridge.idle()
             assert s.bridge.stats().attribute_writes == 1
+            # the attribute requests were made only once ThingsBoard had the CONNECT: the device was
+            # created with its profile's type, not the default type an earlier request would give it
+            assert emu.device(ep).type == "node-sensor"
             reply = await emu.rpc(ep, "Read", {"id": "/3/0/14"}, timeout=15)
             assert reply["result"] == "CONTENT" and "value=+05" in reply["value"]
         finally:

@@ -198,6 +198,35 @@ async def test_connection_loss_rewinds_to_the_lowest_unacked_and_resends() -> No
     assert st.publishes_failed >= 2
 
 
+async def test_wait_delivered_returns_once_every_record_up_to_the_id_is_acknowledged() -> None:
+    outbox, session, uplink = scripted(final(payload=300, inflight=5))
+    telemetry(outbox, 100)
+    async with running(uplink):
+        await outbox.watcher.until(lambda: len(session.outstanding()) == 4)
+        first = session.published[0]
+        target = max(outbox.records)  # the last record: delivered only when everything is
+        early = asyncio.ensure_future(uplink.wait_delivered(1))
+        late = asyncio.ensure_future(uplink.wait_delivered(target))
+        session.outstanding()[1].set_result(None)  # a later publish first: record 1 is still open
+        await let_it_run()
+        assert not early.done() and not late.done()
+        first[2].set_result(None)
+        await asyncio.wait_for(early, 5)
+        assert not late.done()
+        session.drop()  # lost on the way: nothing more is delivered until it is sent again
+        await let_it_run()
+        assert not late.done()
+        session.set_state(SessionState.CONNECTED)
+        await drain(outbox, session)
+        await asyncio.wait_for(late, 5)
+        assert uplink.delivered_through >= target
+    stopped = asyncio.ensure_future(uplink.wait_delivered(target + 10))
+    await let_it_run()
+    uplink.close()
+    with pytest.raises(ConnectionError):
+        await stopped
+
+
 async def test_nothing_is_sent_before_the_limits_are_final() -> None:
     outbox, session, uplink = scripted(SessionLimits(4000, 10, LimitsSource.PROVISIONAL))
     telemetry(outbox, 10)

@@ -98,6 +98,8 @@ class BridgeConfig:
     hub_batch: int = 1000
     #: how long the shared-attribute request after registration waits for ThingsBoard
     attribute_timeout: float = 10.0
+    #: shared-attribute requests after registration in flight at once
+    sync_concurrency: int = 32
 
 
 @dataclass(slots=True)
@@ -175,6 +177,8 @@ class LwM2mBridge(RegistrationListener):
         #: what the current on_notification/on_send call accepted becomes durable with this
         self._barrier: asyncio.Future[None] | None = None
         self._stats = BridgeStats()
+        self._sync_queue: deque[tuple[_Endpoint, list[str]]] = deque()
+        self._sync_wakeup = asyncio.Event()
         self._complain = RateLimited(log, interval=60.0)
         server.add_listener(self)
 
@@ -186,6 +190,7 @@ class LwM2mBridge(RegistrationListener):
         self._tasks = [
             loop.create_task(self._work(), name=f"lwm2m-bridge-setup-{i}") for i in range(max(1, self.config.workers))
         ]
+        self._tasks.append(loop.create_task(self._sync_loop(), name="lwm2m-bridge-attribute-sync"))
 
     async def stop(self) -> None:
         """Stop the after-registration work, write what is queued for the hub, stop listening."""
@@ -504,12 +509,14 @@ class LwM2mBridge(RegistrationListener):
                 path = LwM2mPath(oid)
                 response = await self._call(ep, f"Read {path}", server.read(name, path, timeout=timeout))
                 self._post_node(ep, path, response)
-        await self._sync_shared_attributes(ep)
+        keys = self._writable_keys(ep)
+        if keys:
+            self._sync_queue.append((ep, keys))
+            self._sync_wakeup.set()
 
-    async def _sync_shared_attributes(self, ep: _Endpoint) -> None:
-        """Write the shared attributes ThingsBoard holds for the profile's writable keys (as
-        ThingsBoard's own LwM2M transport does on registration): a device that was away when one
-        changed gets it now. Skipped at once while ThingsBoard is unreachable."""
+    # -- shared attributes on registration ---------------------------------------------------------------
+
+    def _writable_keys(self, ep: _Endpoint) -> list[str]:
         reg = ep.reg
         model_of = reg.models.model_of if reg.models is not None else self.server.models.model_of
         keys = []
@@ -519,8 +526,39 @@ class LwM2mBridge(RegistrationListener):
             rmodel = resource_model(model_of, path)
             if rmodel is not None and Operations.W in rmodel.operations:
                 keys.append(key)
-        if not keys:
-            return
+        return keys
+
+    async def _sync_loop(self) -> None:
+        """Write the shared attributes ThingsBoard holds for each new registration's writable keys
+        (as ThingsBoard's own LwM2M transport does on registration): a device that was away when
+        one changed gets it now. One task for all endpoints, in registration order: each waits until
+        ThingsBoard has its CONNECT (asked earlier, ThingsBoard would create the device with the
+        default type), then up to ``sync_concurrency`` requests run at once."""
+        queue = self._sync_queue
+        slots = asyncio.Semaphore(self.config.sync_concurrency)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if not queue:
+                    self._sync_wakeup.clear()
+                    await self._sync_wakeup.wait()
+                    continue
+                ep, keys = queue.popleft()
+                if not ep.active:
+                    continue
+                if not await self.hub.known_upstream(ep.name):
+                    self._log(ep, "shared attributes not synced: ThingsBoard does not know the device yet")
+                    continue
+                await slots.acquire()
+                task = asyncio.get_running_loop().create_task(self._sync_one(ep, keys))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _t: slots.release())
+        finally:
+            for task in list(running):
+                task.cancel()
+
+    async def _sync_one(self, ep: _Endpoint, keys: list[str]) -> None:
         try:
             timeout = self.config.attribute_timeout
             values = await self.hub.request_attributes(ep.name, keys, shared=True, timeout=timeout)
