@@ -88,6 +88,10 @@ from gateway.upstream.session import (
 )
 
 log = logging.getLogger("gateway.upstream.device_sessions")
+#: The device sessions' own MQTT logs: errors only (a lost uplink would otherwise log one line per
+#: session); what they have in common is logged here, rate-limited, with counts.
+_SESSION_LOG = logging.getLogger("gateway.upstream.device_sessions.mqtt")
+_SESSION_LOG.setLevel(logging.ERROR)
 
 #: The device API's downlink: what every per-device session subscribes to.
 DEVICE_SUBSCRIPTIONS: tuple[str, ...] = (
@@ -170,6 +174,7 @@ class DeviceSessionStats:
     provision_refused: int = 0
     provision_failures: int = 0
     credentials_rejected: int = 0
+    disconnections: int = 0  # sessions that lost (or could not make) their connection
     records_sent: int = 0  # acknowledged by PUBACK, resends included
     publishes: int = 0
     publishes_acked: int = 0
@@ -226,7 +231,7 @@ class DeviceSessions:
         profiles: Mapping[str, ProvisionKey],
         directory: DeviceDirectory,
         *,
-        session_factory: Callable[[SessionConfig], MqttSession] = MqttSession,
+        session_factory: Callable[..., MqttSession] = MqttSession,
     ) -> None:
         self._outbox = outbox
         self.settings = settings
@@ -513,7 +518,8 @@ class DeviceSessions:
                 limits_timeout=st.limits_timeout,
                 ask_session_limits=st.ask_session_limits,
                 subscriptions=DEVICE_SUBSCRIPTIONS,
-            )
+            ),
+            logger=_SESSION_LOG,
         )
         dev.session = session
         self._open[dev.name] = dev
@@ -539,6 +545,13 @@ class DeviceSessions:
             return
         if state is SessionState.CONNECTED:
             return  # data waits for final limits (the limits listener), like the gateway uplink
+        if state is SessionState.DISCONNECTED:
+            self._stats.disconnections += 1
+            self._complain.warning(
+                ("disconnected",), "device sessions: %d disconnections from ThingsBoard so far (%d sessions "
+                "open); their data stays queued and is sent once they reconnect", self._stats.disconnections,
+                len(self._open),
+            )
         self._rewind(dev)
         if state is SessionState.CREDENTIALS_REJECTED:
             self._rejected(dev)

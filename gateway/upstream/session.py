@@ -249,8 +249,11 @@ class MqttSession:
     not call :meth:`publish` synchronously (schedule a task or wake one instead).
     """
 
-    def __init__(self, config: SessionConfig) -> None:
+    def __init__(self, config: SessionConfig, *, logger: logging.Logger | None = None) -> None:
         self._config = config
+        #: where this session logs (per-device sessions use a quieter logger: one line per session
+        #: and event would flood the journal when thousands of them lose the uplink together)
+        self._log = logger or log
         creds = config.credentials
         self._client_id = config.client_id or (
             creds.client_id if isinstance(creds, MqttBasic) and creds.client_id else "edge-gw-" + secrets.token_hex(6)
@@ -345,7 +348,7 @@ class MqttSession:
                 client.disconnect()
                 client.loop_write()  # DISCONNECT fits the socket buffer unless it is already full
             except Exception:
-                log.debug("clean disconnect failed", exc_info=True)
+                self._log.debug("clean disconnect failed", exc_info=True)
         if self._client is not None:
             self._abort("session stopped")
         self._set_state(SessionState.STOPPED)
@@ -567,15 +570,15 @@ class MqttSession:
         self._stats.connect_failures += 1
         if self._state is SessionState.CREDENTIALS_REJECTED:
             # keep showing the rejection: nothing says the credentials are good now
-            log.info("ThingsBoard connection failed: %s (credentials were rejected before)", reason)
+            self._log.info("ThingsBoard connection failed: %s (credentials were rejected before)", reason)
             self._schedule_attempt(self._config.rejected_retry * random.uniform(0.5, 1.5))
             return
         delay = self._backoff()
         if not self._failure_logged:
-            log.warning("ThingsBoard connection failed: %s; retrying in %.1f s", reason, delay)
+            self._log.warning("ThingsBoard connection failed: %s; retrying in %.1f s", reason, delay)
             self._failure_logged = True
         else:
-            log.info("ThingsBoard connection failed again: %s; retrying in %.1f s", reason, delay)
+            self._log.info("ThingsBoard connection failed again: %s; retrying in %.1f s", reason, delay)
         self._set_state(SessionState.DISCONNECTED)
         self._schedule_attempt(delay)
 
@@ -626,7 +629,7 @@ class MqttSession:
                         break
                     client.loop_read()
         except Exception:
-            log.exception("MQTT read failed")
+            self._log.exception("MQTT read failed")
             if client is self._client:
                 self._abort("internal error while reading")
 
@@ -634,7 +637,7 @@ class MqttSession:
         try:
             client.loop_write()
         except Exception:
-            log.exception("MQTT write failed")
+            self._log.exception("MQTT write failed")
             if client is self._client:
                 self._abort("internal error while writing")
 
@@ -647,7 +650,7 @@ class MqttSession:
             if reason.value in _REJECTED_REASONS:
                 self._rejected(f"CONNACK {reason.value} {reason}")
             else:
-                log.warning("ThingsBoard refused the connection: %s", reason)
+                self._log.warning("ThingsBoard refused the connection: %s", reason)
             return  # paho closes the socket and calls on_disconnect next
         assert self._loop is not None
         self._rejection_logged = False
@@ -698,11 +701,11 @@ class MqttSession:
             self._connack_handle = None
         refused = [t for t, r in zip(self._subscriptions(), reasons, strict=False) if r.is_failure]
         if refused:
-            log.warning("ThingsBoard refused the subscriptions %s: that downlink will not arrive", refused)
+            self._log.warning("ThingsBoard refused the subscriptions %s: that downlink will not arrive", refused)
         self._stats.connects += 1
         self._connected_at = self._loop.time()
         self._failure_logged = False
-        log.info("connected to ThingsBoard at %s:%d", self._config.host, self._config.port)
+        self._log.info("connected to ThingsBoard at %s:%d", self._config.host, self._config.port)
         self._set_state(SessionState.CONNECTED)
         self._notify_limits()
 
@@ -735,7 +738,7 @@ class MqttSession:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
-            log.warning("ignoring a message whose topic is not UTF-8")
+            self._log.warning("ignoring a message whose topic is not UTF-8")
             return
         payload = bytes(msg.payload)
         rid = self._limits_request_id
@@ -754,7 +757,7 @@ class MqttSession:
         try:
             handler(topic, payload)
         except Exception:
-            log.exception("handling a message on %s failed", topic)
+            self._log.exception("handling a message on %s failed", topic)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -792,7 +795,7 @@ class MqttSession:
     def _rejected(self, reason: str) -> None:
         self._stats.rejections += 1
         if not self._rejection_logged:
-            log.error(
+            self._log.error(
                 "ThingsBoard at %s:%d rejected the gateway's credentials (%s): check the access token or "
                 "certificate, or re-provision; retrying about every %.0f s",
                 self._config.host,
@@ -802,13 +805,13 @@ class MqttSession:
             )
             self._rejection_logged = True
         else:
-            log.debug("credentials rejected again (%s)", reason)
+            self._log.debug("credentials rejected again (%s)", reason)
         self._set_state(SessionState.CREDENTIALS_REJECTED)
         for listener in list(self._rejected_listeners):
             try:
                 listener(reason)
             except Exception:
-                log.exception("credentials-rejected listener failed")
+                self._log.exception("credentials-rejected listener failed")
 
     def _abort(self, reason: str) -> None:
         """Close the current connection from our side (timeouts, stop, errors)."""
@@ -851,7 +854,7 @@ class MqttSession:
             if self._loop.time() - self._connected_at >= self._config.stable_after:
                 self._failures = 0
             delay = self._backoff()
-            log.warning("ThingsBoard connection lost (%s); reconnecting in %.1f s", reason, delay)
+            self._log.warning("ThingsBoard connection lost (%s); reconnecting in %.1f s", reason, delay)
             self._set_state(SessionState.DISCONNECTED)
             self._schedule_attempt(delay)
             return
@@ -867,7 +870,7 @@ class MqttSession:
         except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
-            log.warning("getSessionLimits answer is not a JSON object: using defaults")
+            self._log.warning("getSessionLimits answer is not a JSON object: using defaults")
             self._set_limits(DEFAULT_LIMITS)
             return
 
@@ -883,7 +886,7 @@ class MqttSession:
             LimitsSource.SERVER,
             answer,
         )
-        log.info(
+        self._log.info(
             "session limits: maxPayloadSize %d, maxInflightMessages %d",
             limits.max_payload_size,
             limits.max_inflight_messages,
@@ -895,7 +898,7 @@ class MqttSession:
         if client is not self._client:
             return
         self._limits_request_id = None
-        log.warning(
+        self._log.warning(
             "ThingsBoard did not answer getSessionLimits within %.0f s: using maxPayloadSize %d, "
             "maxInflightMessages %d",
             self._config.limits_timeout,
@@ -914,7 +917,7 @@ class MqttSession:
             try:
                 listener(self._limits)
             except Exception:
-                log.exception("limits listener failed")
+                self._log.exception("limits listener failed")
 
     def _set_state(self, state: SessionState) -> None:
         if state is self._state:
@@ -924,7 +927,7 @@ class MqttSession:
             try:
                 listener(state)
             except Exception:
-                log.exception("state listener failed")
+                self._log.exception("state listener failed")
         for states, fut in list(self._state_waiters):
             if state in states and not fut.done():
                 fut.set_result(state)
@@ -938,7 +941,7 @@ class MqttSession:
             try:
                 client.loop_misc()
             except Exception:
-                log.exception("MQTT keepalive processing failed")
+                self._log.exception("MQTT keepalive processing failed")
                 if client is self._client:
                     self._abort("internal error in keepalive")
         self._tick_handle = self._loop.call_later(self._config.misc_interval, self._tick)

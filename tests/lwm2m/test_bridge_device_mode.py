@@ -221,7 +221,8 @@ async def test_restart_reuses_the_stored_device_credentials(tmp_path: Path) -> N
         assert all(emu.device(n).connects == 2 for n in names)
 
 
-async def test_uplink_down_then_up_nothing_lost_order_kept(tmp_path: Path) -> None:
+async def test_uplink_down_then_up_nothing_lost_order_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     async with emulator() as (emu, link), gateway(write_config(tmp_path, link.port)) as gw, fleet(gw, 5, "dev-") as f:
         names = [c.endpoint for c in f.clients]
         await emu.wait_for(lambda: all(own_session(emu, n) for n in names), 20)
@@ -245,6 +246,10 @@ async def test_uplink_down_then_up_nothing_lost_order_kept(tmp_path: Path) -> No
             received = [(int(v["temperature"]), ts) for ts, v in emu.device(name).telemetry if "temperature" in v]
             assert received == items, name
         assert emu.children(GW) == []
+        # five sessions lost the uplink together: one summary line, not a line per session and event
+        lost = [r for r in caplog.records if r.name.startswith("gateway.upstream.device_sessions") and (
+                "ThingsBoard connection lost" in r.getMessage() or "disconnections from ThingsBoard" in r.getMessage())]
+        assert len(lost) == 1, [r.getMessage() for r in lost]
 
 
 async def test_sessions_are_capped_and_idle_ones_make_room_for_data(tmp_path: Path) -> None:
