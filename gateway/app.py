@@ -679,6 +679,7 @@ class Gateway:
             "lwm2m_registered": len(self.lwm2m.registrations) if self.lwm2m is not None else 0,
             "lwm2m": self.lwm2m.stats() if self.lwm2m is not None else {},
             "lwm2m_bridge": asdict(self.bridge.stats()) if self.bridge is not None else {},
+            "lwm2m_bootstrap": self.bootstrap.stats() if self.bootstrap is not None else {},
             "device_sessions": self.device_sessions.status() if self.device_sessions is not None else {},
             "lwm2m_clients": len(self.clients) if self.clients is not None else 0,
             "lwm2m_security": self.security.stats() if self.security is not None else {},
@@ -774,6 +775,10 @@ class Gateway:
             values.update(recordsSent=u.records_sent, publishes=u.publishes, resends=u.resends)
         if self.security is not None:
             values.update(self.security.telemetry())
+        if self.bootstrap is not None:
+            b = self.bootstrap.stats()
+            values.update(bootstrapsDone=b.get("succeeded", 0), bootstrapsFailed=b.get("failed", 0),
+                          bootstrapsActive=b.get("active", 0))
         if self.serial is not None or self.slipmux:
             links = [p.link for p in self.serial.ports] if self.serial is not None else []
             links += [t.link for t in self.slipmux if isinstance(t.link, SerialLink)]

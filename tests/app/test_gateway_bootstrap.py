@@ -75,6 +75,8 @@ trust = "always"
             await fleet.until(lambda: fleet.registered == 1, timeout=30)
             assert gw.clients is not None and gw.clients.get(ep) is not None
             assert gw.lwm2m.registrations.device(ep) is not None
+            assert gw.status()["lwm2m_bootstrap"]["succeeded"] == 1
+            assert gw.self_telemetry()["bootstrapsDone"] == 1
             rc, out = await asyncio.to_thread(cli, "bootstrap", "list", "-c", str(f), "--json")
             assert rc == 0
             listed = json.loads(out)
