@@ -336,36 +336,39 @@ _EXT_CLIENT_CERTIFICATE_TYPE = 19  # RFC 7250
 _CERT_TYPE_RAW_PUBLIC_KEY = 2
 
 
-def _client_hello_extensions(data: bytes) -> dict[int, bytes]:
-    """The extensions of an unfragmented epoch-0 ClientHello record ({} if it cannot tell)."""
+def _client_hello_extension(data: bytes, wanted: int) -> bytes | None:
+    """The first extension of type ``wanted`` in an unfragmented epoch-0 ClientHello record (None if
+    absent or if it cannot tell). Scans with byte arithmetic and stops at the one wanted: it runs for
+    every ClientHello with a cookie."""
     try:
         hs = _REC_HEADER
-        body_len = int.from_bytes(data[hs + 1 : hs + 4], "big")
-        if data[hs + 6 : hs + 9] != b"\0\0\0" or int.from_bytes(data[hs + 9 : hs + 12], "big") != body_len:
-            return {}  # fragmented
+        body_len = (data[hs + 1] << 16) | (data[hs + 2] << 8) | data[hs + 3]
+        if data[hs + 6] or data[hs + 7] or data[hs + 8]:
+            return None  # a fragment (offset > 0)
+        if ((data[hs + 9] << 16) | (data[hs + 10] << 8) | data[hs + 11]) != body_len:
+            return None  # fragmented
         end = min(len(data), hs + 12 + body_len)
         pos = hs + 12 + 2 + 32
         pos += 1 + data[pos]  # session id
         pos += 1 + data[pos]  # cookie
-        pos += 2 + int.from_bytes(data[pos : pos + 2], "big")  # cipher suites
+        pos += 2 + ((data[pos] << 8) | data[pos + 1])  # cipher suites
         pos += 1 + data[pos]  # compression methods
-        ext_end = min(end, pos + 2 + int.from_bytes(data[pos : pos + 2], "big"))
+        ext_end = min(end, pos + 2 + ((data[pos] << 8) | data[pos + 1]))
         pos += 2
-        exts: dict[int, bytes] = {}
         while pos + 4 <= ext_end:
-            etype = int.from_bytes(data[pos : pos + 2], "big")
-            elen = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            exts[etype] = data[pos + 4 : pos + 4 + elen]
+            elen = (data[pos + 2] << 8) | data[pos + 3]
+            if ((data[pos] << 8) | data[pos + 1]) == wanted:
+                return data[pos + 4 : pos + 4 + elen]
             pos += 4 + elen
-        return exts
+        return None
     except IndexError:
-        return {}
+        return None
 
 
 def _wants_raw_public_key(client_hello: bytes) -> bool:
     """Whether the client's first choice of its own certificate type is a raw public key."""
-    ext = _client_hello_extensions(client_hello).get(_EXT_CLIENT_CERTIFICATE_TYPE, b"")
-    return len(ext) >= 2 and ext[0] >= 1 and ext[1] == _CERT_TYPE_RAW_PUBLIC_KEY
+    ext = _client_hello_extension(client_hello, _EXT_CLIENT_CERTIFICATE_TYPE)
+    return ext is not None and len(ext) >= 2 and ext[0] >= 1 and ext[1] == _CERT_TYPE_RAW_PUBLIC_KEY
 
 
 def _records(data: bytes) -> Iterator[tuple[int, int]]:

@@ -1,5 +1,6 @@
 """P-256 key pairs made in process by GnuTLS (what the bootstrap server hands out for generated RPK
-credentials): the public key matches the private one, every pair is new, and the pair works."""
+credentials): the public key matches the private one, every pair is new, and the pair works; and
+the server's reading of a ClientHello's certificate type extension."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from gateway.lwm2m.bootstrap.server import generate_rpk
-from gateway.transport.dtls import KeyFormat, RpkKeyPair, generate_p256_key_pair, p256_spki, p256_xy
+from gateway.transport import dtls
+from gateway.transport.dtls import DtlsClient, KeyFormat, RpkKeyPair, generate_p256_key_pair, p256_spki, p256_xy
 
 
 def test_the_pair_is_a_p256_spki_and_an_unencrypted_pkcs8() -> None:
@@ -46,3 +48,21 @@ def test_generation_is_cheap_enough_for_the_event_loop() -> None:
     for _ in range(20):
         generate_rpk()
     assert (time.process_time() - t0) / 20 < 0.005  # about 0.1-0.2 ms; the openssl CLI took 10-20 ms
+
+
+def test_the_client_hello_tells_whether_the_client_sends_a_raw_public_key() -> None:
+    """What the server reads from each ClientHello to pick its RPK-only credentials."""
+    public, private = generate_p256_key_pair()
+    offers: dict[str, bool] = {}
+    for kind, creds in (
+        ("rpk", {"rpk": RpkKeyPair(public, private, KeyFormat.DER)}),
+        ("psk", {"psk": (b"id", b"sixteen-byte-key")}),
+    ):
+        sent: list[bytes] = []
+        client = DtlsClient(send=lambda _addr, data, sent=sent: sent.append(data))
+        client.connect(("127.0.0.1", 9), **creds)
+        assert dtls._client_hello_random(sent[0]) is not None
+        offers[kind] = dtls._wants_raw_public_key(sent[0])
+        client.close()
+    assert offers == {"rpk": True, "psk": False}
+    assert dtls._client_hello_extension(b"\x16\xfe\xfd" + bytes(60), 19) is None  # truncated
