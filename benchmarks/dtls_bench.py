@@ -11,6 +11,7 @@ blocking client would be. Keys and certificates are made with openssl in a tempo
     python benchmarks/dtls_bench.py burst --count 2000                 # 3 x count clients at once
     python benchmarks/dtls_bench.py register --count 2000 --processes 3 --keys /tmp/dtls-bench-keys
                               # 3 x count endpoints register at once through the LwM2M layer
+    python benchmarks/dtls_bench.py engine --mode rpk --count 2000     # server CPU/handshake, no sockets
     python benchmarks/dtls_bench.py all                                # everything, default sizes
 
 Each handshake is a full one (no resumption): ClientHello, HelloVerifyRequest, ClientHello with
@@ -30,6 +31,20 @@ with the load; server CPU per handshake is the steadier figure), November 2026:
              (server CPU 8.5 s; the clients' ECDHE costs as much as the server's)
 GnuTLS/nettle P-256 here: key generation 0.16 ms, ECDSA sign 0.11 ms, verify 0.25 ms, so an
 ECDHE-ECDSA handshake with client authentication needs about 0.7 ms of server crypto alone.
+
+December 2026, same machine (other jobs shared the 2 cores during most runs: with them busy every
+figure below gets up to 2x worse, CPU per handshake included):
+  rate psk   2,344-8,294/s, 0.11-0.22 ms server CPU per handshake
+  rate rpk   635-1,976/s, 0.48-0.73 ms (1,187-1,976/s whenever the other jobs were quiet)
+  rate x509  665-1,626/s, 0.55-0.84 ms (993-1,626/s whenever the other jobs were quiet)
+  engine     server alone, no sockets: psk 0.08-0.13, rpk 0.49-0.60, x509 0.58-0.70 ms; of that,
+             about 2/3 is GnuTLS/nettle and 1/3 Python and ctypes (31 foreign calls and about 10
+             callbacks per handshake, no single hot spot); per handshake the server sends 4
+             datagrams (HelloVerifyRequest, its flight, CCS+Finished, close_notify)
+  register   2,000 PSK + 2,000 RPK + 2,000 X.509 through the LwM2M layer: all 6,000 registered in
+             4.9-9.9 s (target 15 s), server CPU 3.6-5.4 s (48-73% of a core), RSS 101-112 MB
+             (+57-68 MB), 0 failures; 3,600-7,400 hellos wait out the 1,000 half-open cap (their
+             clients retransmit after 1-2 s; without the cap: 9.0 s and 141 MB, no faster)
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import ctypes
 import gc
@@ -810,6 +826,49 @@ async def bench_register(keys: Path, count: int, processes: int, seconds: float,
         return summary
 
 
+# --- engine: the server engine alone, in process ------------------------------------------------------
+
+
+def bench_engine(keys: Path, mode: str, count: int) -> float:
+    """Server CPU per full handshake with the server and client engines wired together in this
+    process (no sockets, no event loop): only the time inside the server's ``datagram_received`` is
+    counted, so neither the load clients nor the kernel's loopback sends are in it. Steadier than
+    ``rate`` on a shared machine; returns ms per handshake."""
+    queue: collections.deque[tuple[bool, Addr, bytes]] = collections.deque()
+    server = DtlsServer(server_credentials(keys), send=lambda a, d: queue.append((False, a, d)), max_handshakes=count)
+    credentials = client_credentials(keys, mode)
+    server_addr: Addr = ("10.0.0.1", 5684)
+    spent, done, warmup = 0.0, 0, 50
+
+    def pump() -> None:
+        nonlocal spent
+        while queue:
+            to_server, peer, data = queue.popleft()
+            if to_server:
+                t = time.process_time()
+                server.datagram_received(data, peer)
+                spent += time.process_time() - t
+            else:
+                client.datagram_received(data, server_addr)
+
+    for i in range(count + warmup):
+        if i == warmup:
+            spent, done0 = 0.0, done
+        addr: Addr = (f"10.1.{i // 250}.{i % 250}", 40000 + i % 1000)
+        client = DtlsClient(send=lambda _a, d, addr=addr: queue.append((True, addr, d)))
+        session = client.connect(server_addr, **credentials)
+        pump()
+        if session.established:
+            done += 1
+            session.close()  # close_notify, answered by the server's
+            pump()
+        client.close()
+    server.close()
+    per = 1000 * spent / max(1, done - done0)
+    print(f"engine {mode:5} {done - done0} handshakes, server CPU {per:.3f} ms/handshake (in process, no sockets)")
+    return per
+
+
 def _in_fresh_process(scenario: str, mode: str, args: argparse.Namespace) -> Any:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run(
@@ -822,7 +881,7 @@ def _in_fresh_process(scenario: str, mode: str, args: argparse.Namespace) -> Any
 
 async def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["rate", "sessions", "wrongkey", "burst", "register", "all"])
+    ap.add_argument("scenario", choices=["rate", "sessions", "wrongkey", "burst", "register", "engine", "all"])
     ap.add_argument("--mode", choices=MODES, default=None, help="default: all three")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--processes", type=int, default=2, help="load processes")
@@ -851,6 +910,9 @@ async def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dtls-bench-") as tmp:
         keys = Path(tmp)
         make_keys(keys)
+        if args.scenario == "engine":
+            for mode in modes:
+                out[f"engine_{mode}"] = {"server_cpu_ms": bench_engine(keys, mode, args.count)}
         if args.scenario in ("rate", "all"):
             for mode in modes:
                 kw = {"x509_cache_size": 0} if args.no_x509_cache else {}
