@@ -954,13 +954,16 @@ class _Engine:
         s._inbox = data
         self._begin(s)
         try:
+            # one record in an established session (the usual datagram): once GnuTLS has read it
+            # and returned its plaintext, nothing is buffered, so no call is needed to find out
+            single = s.state is SessionState.ESTABLISHED and framed == _REC_HEADER + ((data[11] << 8) | data[12])
             if s.state is SessionState.HANDSHAKING:
                 self._drive_handshake(s, now, data)
             if s.state is SessionState.ESTABLISHED:
                 s.last_activity = now
                 if self._by_addr.get(s.addr) is s:
                     self._by_addr.move_to_end(s.addr)
-                self._drive_records(s)
+                self._drive_records(s, single)
         finally:
             self._end(s)
 
@@ -1044,7 +1047,8 @@ class _Engine:
     def _on_established(self, s: DtlsSession) -> None:
         """Role-specific work when a handshake completes (the server fills in the principal)."""
 
-    def _drive_records(self, s: DtlsSession) -> None:
+    def _drive_records(self, s: DtlsSession, single: bool = False) -> None:
+        """Read every record GnuTLS has (``single``: the datagram was one record)."""
         h = s._handle
         for _ in range(64):
             if s.state is not SessionState.ESTABLISHED:
@@ -1054,6 +1058,8 @@ class _Engine:
             if n > 0:
                 if self.on_data is not None:
                     self._callback(self.on_data, s, _recv_buf[:n])
+                if single and s._inbox is None:
+                    return  # GnuTLS took the datagram and returned its only record
                 continue
             if n == 0:
                 if log.isEnabledFor(logging.DEBUG):

@@ -355,6 +355,32 @@ def test_data_both_ways_and_close_notify(make_server: Any, events: Events) -> No
     assert not server.sessions
 
 
+def test_records_alone_and_packed_in_one_datagram_are_all_read(make_server: Any, events: Events) -> None:
+    # one record per datagram is read with one gnutls_record_recv (nothing can be left buffered);
+    # several records in one datagram are read until GnuTLS has nothing more
+    server = make_server()
+    wire = Wire(server)
+    _, session = handshake(wire, 1)
+    wire.log.clear()
+    for text in (b"a", b"b", b"c"):
+        session.send(text)
+    singles = [d for direction, _, d in wire.log if direction == "up"]
+    assert [len(records(d)) for d in singles] == [1, 1, 1]
+    wire.pump()
+    assert [d for _, d in events.data] == [b"a", b"b", b"c"]
+    wire.log.clear()
+    for text in (b"d", b"e", b"f"):
+        session.send(text)
+    packed = b"".join(d for direction, _, d in wire.log if direction == "up")
+    wire.queue.clear()
+    server.datagram_received(packed, addr(1))
+    assert [d for _, d in events.data] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    server.datagram_received(singles[0], addr(1))  # a replay: dropped, and the session goes on
+    session.send(b"g")
+    wire.pump()
+    assert [d for _, d in events.data][-1] == b"g" and len(events.data) == 7
+
+
 def test_server_close_sends_close_notify(make_server: Any) -> None:
     server = make_server()
     wire = Wire(server)
