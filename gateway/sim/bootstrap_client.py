@@ -6,7 +6,9 @@ Write and Finish, and then swaps its socket for one to the LwM2M server it was g
 :class:`DtlsLink`, a connected UDP socket with the project's non-blocking
 :class:`~gateway.transport.dtls.DtlsClient` engine behind the socket's ``send``/``recv``/``fileno``, so
 the CoAP code of the simulator runs over it unchanged. Still no task per client: every socket is an
-``add_reader`` callback; each link's handshake timers are the engine's.
+``add_reader`` callback; each link's handshake timers are the engine's. :class:`DtlsFleet` skips the
+bootstrap: each client has its own PSK, RPK or X.509 credentials and registers once its DTLS session
+is up (benchmarks/dtls_bench.py ``register``).
 
 Knobs for refusal tests: ``write_error`` (answer Bootstrap-Writes with that code), ``ignore_finish``
 (never answer Bootstrap-Finish), ``on_write`` (a hook called with each Bootstrap-Write's path, before
