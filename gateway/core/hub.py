@@ -71,6 +71,12 @@ class DeviceRoute(Protocol):
     def append(self, kind: RecordKind, device: str, body: str, ts_ms: int | None = None) -> asyncio.Future[None]:
         ...
 
+    async def wait_session(self, device: str, timeout: float) -> bool: ...
+
+    async def request_attributes(
+        self, device: str, keys: Sequence[str], *, shared: bool = True, timeout: float = 10.0
+    ) -> dict[str, Any]: ...
+
 
 class Delivery(Protocol):
     """The uplink, as far as the hub needs it: when has a record reached ThingsBoard?"""
@@ -137,6 +143,9 @@ class DeviceHub:
         it does not make ThingsBoard create it with the default type first. False if the device
         disconnected meanwhile, is not on the gateway API, or the uplink stopped."""
         entry = self._devices.get(device)
+        route = self._routed.get(device) if self._routed else None
+        if entry is not None and route is not None:  # provisioned under its profile: known once online
+            return await route.wait_session(device, timeout=60.0) and self._devices.get(device) is entry
         delivery = self.delivery
         if entry is None or not entry.connect_id or delivery is None:
             return False
@@ -186,9 +195,10 @@ class DeviceHub:
         Raises RpcError("offline") when there is no upstream session to ask (not provisioned yet),
         TimeoutError or ConnectionError when ThingsBoard does not answer.
         """
-        if self._routed and device in self._routed:
-            # Never through the gateway API: ThingsBoard would take it for a child of the gateway.
-            raise RpcError("unsupported", f"device {device!r} is in per-device mode: no attribute requests yet")
+        route = self._routed.get(device) if self._routed else None
+        if route is not None:
+            # Over its own session, never through the gateway API (that would make it a child).
+            return await route.request_attributes(device, keys, shared=shared, timeout=timeout)
         if self.attribute_source is None:
             raise RpcError("offline", "ThingsBoard is not reachable: the gateway is not provisioned")
         return await self.attribute_source.request_device_attributes(device, keys, client=not shared, timeout=timeout)
@@ -212,6 +222,10 @@ class DeviceHub:
 
     def is_connected(self, device: str) -> bool:
         return device in self._devices
+
+    def is_routed(self, device: str) -> bool:
+        """True if ``device`` goes upstream over its own session (per-device mode)."""
+        return bool(self._routed) and device in self._routed
 
     @property
     def online(self) -> int:

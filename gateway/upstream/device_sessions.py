@@ -57,7 +57,7 @@ import enum
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -261,6 +261,10 @@ class DeviceSessions:
         self._stopping = False
         self._complain = RateLimited(log, interval=60.0)
         self._listeners: list[Callable[[], None]] = []
+        # attribute requests over device sessions: (device, request id) -> the answer's future
+        self._attribute_calls: dict[tuple[str, int], asyncio.Future[tb.AttributeResponse]] = {}
+        # devices whose session someone waits for (device -> futures), released when it is usable
+        self._session_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` after a device is provisioned or refused, or its credentials are rejected
@@ -559,6 +563,10 @@ class DeviceSessions:
     def _on_limits(self, dev: _Device, session: MqttSession, limits: SessionLimits) -> None:
         if dev.session is not session or session.state is not SessionState.CONNECTED or not limits.final:
             return
+        waiters = self._session_waiters.pop(dev.name, None)
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
         if dev.more:
             self._schedule(dev)
         else:
@@ -806,8 +814,65 @@ class DeviceSessions:
                 handler.attributes_updated(dev.name, message.values, message.deleted),
                 f"attribute update for {dev.name!r}",
             )
+        elif isinstance(message, tb.AttributeResponse) and (
+            call := self._attribute_calls.get((dev.name, message.request_id))
+        ) is not None:
+            if not call.done():
+                call.set_result(message)
         else:
             log.debug("device %r: answer to request %s, which nobody awaits", dev.name, message)
+
+    # -- attribute requests -------------------------------------------------------------------------------
+
+    def _usable(self, dev: _Device | None) -> MqttSession | None:
+        session = dev.session if dev is not None else None
+        if session is None or session.state is not SessionState.CONNECTED or not session.limits.final:
+            return None
+        return session
+
+    async def wait_session(self, device: str, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until ``device`` has a connected session: True if it has."""
+        if self._usable(self._devices.get(device)) is not None:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._session_waiters.setdefault(device, [])
+        waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            rest = self._session_waiters.get(device)
+            if rest is not None and fut in rest:
+                rest.remove(fut)
+                if not rest:
+                    del self._session_waiters[device]
+        return self._usable(self._devices.get(device)) is not None
+
+    async def request_attributes(
+        self, device: str, keys: Sequence[str], *, shared: bool = True, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The device's shared (or client) attributes, asked over its own session
+        (``v1/devices/me/attributes/request/{id}``). ConnectionError without a connected session."""
+        session = self._usable(self._devices.get(device))
+        if session is None:
+            raise ConnectionError(f"device {device!r} has no connected ThingsBoard session")
+        request_id = session.next_request_id()
+        payload = tb.attribute_request(shared_keys=keys) if shared else tb.attribute_request(client_keys=keys)
+        call: asyncio.Future[tb.AttributeResponse] = asyncio.get_running_loop().create_future()
+        key = (device, request_id)
+        self._attribute_calls[key] = call
+        try:
+            sent = session.publish(tb.attribute_request_topic(request_id), payload)
+            sent.add_done_callback(_retrieve_result)
+            try:
+                answer = await asyncio.wait_for(call, timeout)
+            except TimeoutError:
+                raise TimeoutError(f"ThingsBoard did not answer the attribute request of {device!r} "
+                                   f"within {timeout:g} s") from None
+        finally:
+            self._attribute_calls.pop(key, None)
+        return dict(answer.shared if shared else answer.client)
 
     async def _run_rpc(self, dev: _Device, session: MqttSession, req: tb.RpcRequest) -> None:
         try:
@@ -1000,3 +1065,8 @@ __all__ = [
     "ProvisionKey",
     "provision_keys",
 ]
+
+
+def _retrieve_result(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a failed publish shows as the request's timeout

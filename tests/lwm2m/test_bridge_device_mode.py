@@ -22,6 +22,7 @@ from test_bridge_e2e import GW, Link, send_sequence, values_of
 
 from gateway import config
 from gateway.app import Gateway
+from gateway.lwm2m.path import LwM2mPath
 from gateway.sim.lwm2m_client import Fleet
 from gateway.sim.tbemu import ThingsBoardEmulator
 from gateway.store import device_credentials
@@ -250,6 +251,25 @@ async def test_uplink_down_then_up_nothing_lost_order_kept(tmp_path: Path, caplo
         lost = [r for r in caplog.records if r.name.startswith("gateway.upstream.device_sessions") and (
                 "ThingsBoard connection lost" in r.getMessage() or "disconnections from ThingsBoard" in r.getMessage())]
         assert len(lost) == 1, [r.getMessage() for r in lost]
+
+
+async def test_shared_attributes_are_synced_over_the_devices_own_session(tmp_path: Path) -> None:
+    profile = DEVICE_PROFILE + '[paths."/3/0/14"]\nkey = "utcOffset"\n'  # writable: synced on registration
+    async with emulator() as (emu, link):
+        cfg_file = write_config(tmp_path, link.port)
+        (tmp_path / "profiles" / "device.toml").write_text(profile)
+        async with gateway(cfg_file) as gw, fleet(gw, 1, "dev-") as f:
+            name = f.clients[0].endpoint
+            await emu.wait_for(lambda: own_session(emu, name), 20)
+            # changed in ThingsBoard while the device is away
+            f.clients[0].deregister()
+            await f.until(lambda: f.stats["deregistered"] == 1)
+            await emu.wait_for(lambda: not emu.device(name).connected, 10)
+            emu.device(name).attributes_shared["utcOffset"] = "+03"
+            f.clients[0].register()
+            await f.until(lambda: f.stats["write"] == 1, 20)  # asked over its own session, then written
+            assert f.clients[0]._values_under(LwM2mPath.parse("/3/0/14")) == {LwM2mPath.parse("/3/0/14"): "+03"}
+            assert emu.children(GW) == []  # never asked through the gateway API
 
 
 async def test_sessions_are_capped_and_idle_ones_make_room_for_data(tmp_path: Path) -> None:

@@ -546,11 +546,14 @@ class LwM2mBridge(RegistrationListener):
                 ep, keys = queue.popleft()
                 if not ep.active:
                     continue
-                if not await self.hub.known_upstream(ep.name):
+                # per-device mode: the device was provisioned under its profile; its own session is
+                # awaited in its task (not here: sessions are capped, the others must not wait)
+                routed = self.hub.is_routed(ep.name)
+                if not routed and not await self.hub.known_upstream(ep.name):
                     self._log(ep, "shared attributes not synced: ThingsBoard does not know the device yet")
                     continue
                 await slots.acquire()
-                task = asyncio.get_running_loop().create_task(self._sync_one(ep, keys))
+                task = asyncio.get_running_loop().create_task(self._sync_one(ep, keys, routed))
                 running.add(task)
                 task.add_done_callback(running.discard)
                 task.add_done_callback(lambda _t: slots.release())
@@ -558,7 +561,10 @@ class LwM2mBridge(RegistrationListener):
             for task in list(running):
                 task.cancel()
 
-    async def _sync_one(self, ep: _Endpoint, keys: list[str]) -> None:
+    async def _sync_one(self, ep: _Endpoint, keys: list[str], routed: bool = False) -> None:
+        if routed and not await self.hub.known_upstream(ep.name):
+            self._log(ep, "shared attributes not synced: no ThingsBoard session for the device")
+            return
         try:
             timeout = self.config.attribute_timeout
             values = await self.hub.request_attributes(ep.name, keys, shared=True, timeout=timeout)
