@@ -49,5 +49,6 @@ def amd64_build(tmp_path_factory: pytest.TempPathFactory, report: Callable[[str]
     finally:
         remove_tree(out / "rootfs")
         remove_tree(out / ".work")
-        for f in out.glob("*.img*"):
-            f.unlink()
+        for pattern in ("*.img*", "*.vmlinuz"):  # the initrd is *.initrd.img
+            for f in out.glob(pattern):
+                f.unlink()

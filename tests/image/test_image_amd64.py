@@ -221,5 +221,9 @@ def test_boots_under_nspawn_reaches_ready_provisions_and_sends_telemetry(
         f"amd64 under systemd-nspawn: edge-gateway.service active (READY=1) {t_ready:.1f} s after start, "
         f"first telemetry at {t_telemetry:.1f} s, powered off in {time.monotonic() - t0:.1f} s"
     )
-    upper = guest.upper
-    assert stat.S_IMODE((upper / "var/lib/edge-gateway/credentials.json").stat().st_mode) == 0o600
+    state = guest.upper / "var/lib/edge-gateway"
+    assert stat.S_IMODE((state / "credentials.json").stat().st_mode) == 0o600
+    # the service stopped cleanly: SQLite removes the outbox's write-ahead log when the last
+    # connection closes (a killed gateway leaves it behind)
+    assert (state / "outbox.sqlite3").is_file()
+    assert not (state / "outbox.sqlite3-wal").exists(), sorted(p.name for p in state.iterdir())
