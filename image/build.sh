@@ -345,11 +345,13 @@ stage_configure() {
 	install -D -m 0644 "$REPO/systemd/edge-gateway.sysusers" "$R/etc/sysusers.d/edge-gateway.conf"
 	install -D -m 0644 "$REPO/config/gateway.toml" "$R/etc/edge-gateway/gateway.toml"
 	install -d -m 0755 "$R/etc/edge-gateway/gateway.d"
+	install -D -m 0644 -t "$R/etc/edge-gateway/profiles" "$REPO"/config/profiles/*.toml
 	install -D -m 0644 "$REPO/README.md" "$R/usr/share/doc/edge-gateway/README.md"
 	install -D -m 0644 "$HERE/README.md" "$R/usr/share/doc/edge-gateway/IMAGE.md"
 	ln -sf /opt/edge-gateway/bin/edge-gateway "$R/usr/local/bin/edge-gateway"
 	in_target systemd-sysusers
 	in_target /opt/edge-gateway/bin/edge-gateway check-config /etc/edge-gateway/gateway.toml >/dev/null
+	in_target /opt/edge-gateway/bin/edge-gateway profiles check -c /etc/edge-gateway/gateway.toml >/dev/null
 	# /tmp in RAM
 	cp "$R/usr/share/systemd/tmp.mount" "$R/etc/systemd/system/tmp.mount"
 	in_target systemctl enable --quiet edge-gateway.service edge-gateway-provision-import.service \

@@ -122,6 +122,9 @@ def test_appliance_settings(amd64_build: Build) -> None:
         Path(__file__).parents[2] / "config/gateway.toml"
     ).read_bytes()
     assert (r / "etc/sysusers.d/edge-gateway.conf").is_file()
+    # The LwM2M device profiles the configuration names (profiles_dir = "profiles", beside it)
+    shipped = sorted((Path(__file__).parents[2] / "config/profiles").glob("*.toml"))
+    assert [p.name for p in sorted((r / "etc/edge-gateway/profiles").glob("*.toml"))] == [p.name for p in shipped]
     # The gateway: a venv from wheels, python3-systemd from Debian, nothing to compile on the board
     manifest = amd64_build.path(".manifest").read_text()
     assert re.search(r"^deb python3-systemd ", manifest, re.M)
@@ -206,6 +209,10 @@ def test_boots_under_nspawn_reaches_ready_provisions_and_sends_telemetry(
     journal = guest.run("journalctl", "-u", "edge-gateway.service", "-o", "json", "--no-pager").stdout
     entries = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
     assert any(e.get("SYSLOG_IDENTIFIER") == "edge-gateway" and "LOGGER" in e for e in entries), journal[-3000:]
+    # the shipped device profiles were loaded by the LwM2M bridge
+    assert any("LwM2M profiles: lwm2m-device, temperature-sensor" in e.get("MESSAGE", "") for e in entries), (
+        journal[-3000:]
+    )
     # The journal is kept in RAM only
     assert guest.run("test", "-d", "/run/log/journal").returncode == 0
     assert guest.run("sh", "-c", "ls /var/log/journal 2>/dev/null").stdout.strip() == ""
