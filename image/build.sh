@@ -84,6 +84,8 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 	SOURCE_DATE_EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)
 fi
 export SOURCE_DATE_EPOCH
+# The base root file system's (cached across commits): Debian 12's release day.
+BASE_SOURCE_DATE_EPOCH=1686355200
 
 mkdir -p "$OUT" "$CACHE_DIR"
 OUT=$(cd "$OUT" && pwd)
@@ -224,7 +226,7 @@ BASE_TAR=
 stage_base() {
 	local key mode
 	key=$({
-		echo "edge-gateway-image base v1 $SUITE $ARCH"
+		echo "edge-gateway-image base v2 $SUITE $ARCH"
 		apt_sources
 		package_list
 		(cd "$HERE/files" && find base raspi-firmware -type f -print0 | sort -z | xargs -0 sha256sum)
@@ -247,7 +249,9 @@ stage_base() {
 	local tmp="$BASE_TAR.tmp.$$"
 	# Whatever the mode, mmdebstrap runs in a private mount namespace: a mount it (or a hook) makes
 	# can never outlive it.
-	if ! unshare --mount --propagation private -- \
+	# The base's own time stamps (the initramfs's above all) must not depend on the commit that
+	# happens to build it: it is cached across commits, and a rebuild must give the same image.
+	if ! SOURCE_DATE_EPOCH=$BASE_SOURCE_DATE_EPOCH unshare --mount --propagation private -- \
 		bash -c "$(declare -f mmdebstrap_base apt_sources package_list); $(declare -p HERE ARCH SUITE MIRROR SECURITY_MIRROR CACHE_DIR EXTRA_PACKAGES); mmdebstrap_base \"\$@\"" \
 		sh "$tmp" "$OUT/mmdebstrap.log" "$mode"; then
 		rm -f "$tmp"
@@ -416,8 +420,13 @@ stage_pack() {
 	local boot=$WORK/boot
 	remove_tree "$boot"
 	mkdir -p "$boot"
+	# Reproducible: nothing in either file system is newer than SOURCE_DATE_EPOCH (files written
+	# during the build would otherwise carry the build's own time; contents are already equal).
+	find "$ROOT" -xdev -newermt "@$SOURCE_DATE_EPOCH" -print0 |
+		xargs -0r touch --no-dereference --date="@$SOURCE_DATE_EPOCH"
 	# The boot partition's files leave the tree (its /boot/firmware is the mount point)...
 	find "$ROOT/boot/firmware" -mindepth 1 -maxdepth 1 -exec mv -t "$boot" {} +
+	touch --no-dereference --date="@$SOURCE_DATE_EPOCH" "$boot" "$ROOT/boot/firmware"
 	BOOT_MIB=$BOOT_MIB SEED="$NAME/$SOURCE_DATE_EPOCH" "$HERE/lib/pack.sh" "$boot" "$ROOT" "$OUT/$NAME.img" >&2
 	# ... and come back, for KEEP_ROOTFS.
 	find "$boot" -mindepth 1 -maxdepth 1 -exec mv -t "$ROOT/boot/firmware" {} +

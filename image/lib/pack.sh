@@ -27,7 +27,7 @@ ROOT_SPARE_MIB=${ROOT_SPARE_MIB:-256}
 ALIGN_MIB=${ALIGN_MIB:-4}
 SEED=${SEED:-}
 
-for tool in sfdisk mkfs.vfat mcopy mkfs.ext4 dd truncate; do
+for tool in sfdisk mkfs.vfat mcopy mkfs.ext4 debugfs dd truncate; do
 	command -v "$tool" >/dev/null || { echo "pack: $tool is missing (packages: fdisk dosfstools mtools e2fsprogs)" >&2; exit 1; }
 done
 [ -d "$boot_dir" ] || { echo "pack: $boot_dir is not a directory" >&2; exit 1; }
@@ -73,6 +73,27 @@ fi
 truncate -s "${ROOT_MIB}M" "$work/root.ext4"
 mkfs.ext4 -q -F -L RASPIROOT -U "$root_uuid" -E "hash_seed=$hash_seed" -b 4096 -i 16384 -I 256 \
 	-d "$root_dir" "$work/root.ext4" "${ROOT_MIB}M"
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+	# mkfs.ext4 -d copies each file's ctime, which nothing can set in the tree (the time the build
+	# wrote the file), and its atime (the time the build last read it). Clamp both in the new file
+	# system with debugfs, two commands per path. Paths are quoted; a path debugfs cannot quote
+	# stops the build rather than stay unclamped.
+	if (cd "$root_dir" && find . -xdev -print0) | grep -qz '["\\]'; then
+		echo "pack: a path in $root_dir holds a quote or backslash: cannot clamp its ctime" >&2
+		exit 1
+	fi
+	(cd "$root_dir" && find . -xdev -printf 'sif "/%P" ctime @'"$SOURCE_DATE_EPOCH"'\nsif "/%P" atime @'"$SOURCE_DATE_EPOCH"'\n') \
+		>"$work/ctime.cmds"
+	debugfs -w -f "$work/ctime.cmds" "$work/root.ext4" >/dev/null 2>"$work/ctime.err" || {
+		cat "$work/ctime.err" >&2
+		exit 1
+	}
+	if grep -v '^debugfs ' "$work/ctime.err" | grep -q .; then
+		echo "pack: debugfs could not clamp every ctime:" >&2
+		head -5 "$work/ctime.err" >&2
+		exit 1
+	fi
+fi
 
 # The boot partition: FAT32 (the Pi's boot ROM reads FAT16 and FAT32), files copied in with mtools.
 export MTOOLS_SKIP_CHECK=1
