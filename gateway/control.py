@@ -93,3 +93,14 @@ def ask(path: Path, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
     if not reply.get("ok"):
         raise RuntimeError(reply.get("error", "unknown error"))
     return reply.get("result")
+
+
+def ask_or_offline(path: Path, cmd: str, request: dict[str, Any], offline: Callable[[], Any]) -> Any:
+    """Ask the running service; when none listens on ``path``, ``offline()`` does the work on the
+    files instead (CLI commands that manage a store the service also holds)."""
+    try:
+        return ask(path, cmd, **request)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return offline()  # no service: work on the file
+    except PermissionError:
+        raise ValueError(f"permission denied on {path}: run as root or as the service's user") from None

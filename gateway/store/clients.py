@@ -434,7 +434,37 @@ _COLUMNS: Final = (
 )
 
 
-class ClientStore:
+class ServerCredentials:
+    """The server's own key pair, certificate chain and trust store, as a DTLS credentials provider
+    hands them out (shared by the LwM2M clients' store and the bootstrap store)."""
+
+    _server_rpk: RpkKeyPair | None = None
+    _server_x509: X509Credentials | None = None
+    _trust: TrustStore | None = None
+
+    @property
+    def server_rpk(self) -> RpkKeyPair | None:
+        return self._server_rpk
+
+    @property
+    def server_x509(self) -> X509Credentials | None:
+        return self._server_x509
+
+    @property
+    def trust(self) -> TrustStore | None:
+        return self._trust
+
+    def set_server_credentials(
+        self,
+        *,
+        rpk: RpkKeyPair | None = None,
+        x509: X509Credentials | None = None,
+        trust: TrustStore | None = None,
+    ) -> None:
+        self._server_rpk, self._server_x509, self._trust = rpk, x509, trust
+
+
+class ClientStore(ServerCredentials):
     """The credentials of every LwM2M client (see the module docstring). Open with :meth:`open`.
 
     The server's own DTLS credentials (``server_rpk``, ``server_x509``, ``trust``) are held here too,
@@ -455,9 +485,6 @@ class ClientStore:
         self._by_name = self._claims.name  # X.509 entries bound by name
         self._listeners: list[ChangeListener] = []
         self._server_listeners: list[Callable[[], None]] = []
-        self._server_rpk: RpkKeyPair | None = None
-        self._server_x509: X509Credentials | None = None
-        self._trust: TrustStore | None = None
         # generated credentials written to a device by the bootstrap server, not yet confirmed by a
         # Bootstrap-Finish or a Register (see put_pending): accepted beside the committed entry
         self._pending: dict[str, ClientEntry] = {}
@@ -560,18 +587,6 @@ class ClientStore:
                 return entry
         return None
 
-    @property
-    def server_rpk(self) -> RpkKeyPair | None:
-        return self._server_rpk
-
-    @property
-    def server_x509(self) -> X509Credentials | None:
-        return self._server_x509
-
-    @property
-    def trust(self) -> TrustStore | None:
-        return self._trust
-
     def set_server_credentials(
         self,
         *,
@@ -581,7 +596,7 @@ class ClientStore:
     ) -> None:
         """The server's own key pair, certificate chain and trust store (from the configuration); the
         server listeners (the DTLS server's reload) hear about it."""
-        self._server_rpk, self._server_x509, self._trust = rpk, x509, trust
+        super().set_server_credentials(rpk=rpk, x509=x509, trust=trust)
         for listener in list(self._server_listeners):
             try:
                 listener()
@@ -1632,20 +1647,17 @@ def _ask_or_open(
 ) -> Any:
     from gateway import control
 
-    try:
-        return control.ask(control_socket, cmd, **request)
-    except (FileNotFoundError, ConnectionRefusedError):
-        pass  # no service: work on the file
-    except PermissionError:
-        raise ValueError(f"permission denied on {control_socket}: run as root or as the service's user") from None
-    try:
-        store = ClientStore.open(db_path)
-    except ClientStoreBusy:
-        raise ValueError(
-            f"the clients store {db_path} is held by a running gateway that does not answer on {control_socket}"
-        ) from None
-    with store:
-        return offline(store)
+    def on_the_file() -> Any:
+        try:
+            store = ClientStore.open(db_path)
+        except ClientStoreBusy:
+            raise ValueError(
+                f"the clients store {db_path} is held by a running gateway that does not answer on {control_socket}"
+            ) from None
+        with store:
+            return offline(store)
+
+    return control.ask_or_offline(control_socket, cmd, request, on_the_file)
 
 
 def _offline_add(store: ClientStore, entry: ClientEntry, args: argparse.Namespace) -> Any:

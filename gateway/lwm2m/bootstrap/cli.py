@@ -208,17 +208,14 @@ def _ask_or_open(
 ) -> Any:
     from gateway import control
 
-    try:
-        return control.ask(control_socket, cmd, **request)
-    except (FileNotFoundError, ConnectionRefusedError):
-        pass  # no service: work on the file
-    except PermissionError:
-        raise ValueError(f"permission denied on {control_socket}: run as root or as the service's user") from None
-    store = BootstrapStore.open(db_path)
-    try:
-        return offline(store)
-    finally:
-        store.close()
+    def on_the_file() -> Any:
+        store = BootstrapStore.open(db_path)
+        try:
+            return offline(store)
+        finally:
+            store.close()
+
+    return control.ask_or_offline(control_socket, cmd, request, on_the_file)
 
 
 def _print_overview(result: Mapping[str, Any]) -> None:

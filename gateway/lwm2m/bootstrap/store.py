@@ -34,10 +34,17 @@ from gateway.lwm2m.bootstrap.config import (
     specificity,
 )
 from gateway.lwm2m.tbcredentials import SecurityMode, canonical_p256_spki
-from gateway.store.clients import ClientEntry, ClientStoreError, Source, principal_mode, principal_names
+from gateway.store.clients import (
+    ClientEntry,
+    ClientStoreError,
+    ServerCredentials,
+    Source,
+    principal_mode,
+    principal_names,
+)
 
 if TYPE_CHECKING:
-    from gateway.transport.dtls import RpkKeyPair, TrustStore, X509Credentials, X509Principal
+    from gateway.transport.dtls import X509Principal
 
 log = logging.getLogger("gateway.lwm2m.bootstrap")
 
@@ -72,7 +79,7 @@ class LastBootstrap:
         return dataclasses.asdict(self)
 
 
-class BootstrapStore:
+class BootstrapStore(ServerCredentials):
     """See the module docstring. Open with :meth:`open`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
@@ -84,9 +91,6 @@ class BootstrapStore:
         self._by_identity: dict[bytes, ClientEntry] = {}
         self._by_public_key: dict[bytes, ClientEntry] = {}
         self._by_cert: dict[bytes, ClientEntry] = {}
-        self._server_rpk: RpkKeyPair | None = None
-        self._server_x509: X509Credentials | None = None
-        self._trust: TrustStore | None = None
 
     @classmethod
     def open(cls, path: Path) -> BootstrapStore:
@@ -307,23 +311,6 @@ class BootstrapStore:
                     if entry is not None and entry.mode is SecurityMode.X509 and entry.cert is None:
                         return entry
         return None
-
-    @property
-    def server_rpk(self) -> RpkKeyPair | None:
-        return self._server_rpk
-
-    @property
-    def server_x509(self) -> X509Credentials | None:
-        return self._server_x509
-
-    @property
-    def trust(self) -> TrustStore | None:
-        return self._trust
-
-    def set_server_credentials(
-        self, *, rpk: RpkKeyPair | None = None, x509: X509Credentials | None = None, trust: TrustStore | None = None
-    ) -> None:
-        self._server_rpk, self._server_x509, self._trust = rpk, x509, trust
 
     def __repr__(self) -> str:
         return f"<BootstrapStore {self.path} {len(self._exact)} endpoints, {len(self._patterns)} templates>"

@@ -47,12 +47,8 @@ class DurableAcks:
         action(kept)
 
 
-def combine(barriers: list[asyncio.Future[None]]) -> asyncio.Future[None] | None:
-    """One barrier for several listeners' (None if none is pending)."""
-    pending = [b for b in barriers if not b.done()]
-    if not pending:
-        failed = [b for b in barriers if b.cancelled() or b.exception() is not None]
-        return failed[0] if failed else None
-    if len(pending) == 1 and len(pending) == len(barriers):
-        return pending[0]
+def combine(barriers: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """One barrier for several listeners' (done once all are; failed if any failed)."""
+    if len(barriers) == 1:
+        return barriers[0]
     return asyncio.gather(*barriers)  # type: ignore[return-value]
