@@ -48,6 +48,7 @@ from gateway.sim.lwm2m_client import (
     Fleet,
     Option,
     SimClient,
+    udp_client_socket,
     uint,
 )
 from gateway.transport.dtls import Addr, DtlsClient, DtlsSession, RpkKeyPair, X509Credentials
@@ -150,14 +151,7 @@ def open_link(
     *,
     connect: bool = True,
 ) -> socket.socket | DtlsLink:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind((bind_host, 0))
-        sock.connect(sockaddr)
-    except BaseException:
-        sock.close()
-        raise
+    sock = udp_client_socket(family, sockaddr, bind_host)
     if credentials is None:
         return sock
     return DtlsLink(sock, sockaddr, loop, credentials, connect=connect)

@@ -1092,14 +1092,7 @@ class Fleet:
         family, _, _, _, sockaddr = infos[0]
         bind_host = self.bind_host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")
         for i in range(self.start_index, self.start_index + self.count):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind((bind_host, 0))
-                sock.connect(sockaddr)
-            except BaseException:
-                sock.close()
-                raise
+            sock = udp_client_socket(family, sockaddr, bind_host)
             client = SimClient(self, f"{self.prefix}{i:06d}", sock)
             self.clients.append(client)
             self._by_endpoint[client.endpoint] = client
@@ -1169,6 +1162,19 @@ class Fleet:
         self.clients.clear()
         self._by_endpoint.clear()
         self.timers.close()
+
+
+def udp_client_socket(family: int, sockaddr: Any, bind_host: str) -> socket.socket:
+    """A non-blocking UDP socket of its own port, connected to the server: one simulated device."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((bind_host, 0))
+        sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # -- command line --------------------------------------------------------------------------------------
